@@ -1,0 +1,310 @@
+"""Typed run configuration: YAML (safe loader) -> frozen dataclasses, validated once at the edge.
+
+Every error raised here is a :class:`ConfigError` whose message is one line that names the key
+and the fix, so the CLI can print it and exit with code 2 before Ray starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A malformed config: the message is a single line naming the key and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small_cnn"
+    num_classes: int | None = None  # None: taken from the dataset
+    checkpoint: str | None = None  # a trained baseline state_dict (weights_only)
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist5k"
+    root: str = "~/data"
+    download: bool = False
+    val_fraction: float = 0.1
+    batch_size: int = 128
+    augment: bool | None = None  # None: the dataset's default
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    epochs: int = 160
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "multistep"  # cosine | multistep | constant
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    macs_ratio: float | None = None  # fraction of the baseline's MACs, in (0, 1]
+    macs: float | None = None  # absolute MACs
+    params: float | None = None  # absolute parameter count (an extra constraint)
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    round_to: int = 1
+    min_ratio: float = 0.1
+    ignore: tuple = ()
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = 1
+    gpu: float = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    searcher: str = "random"
+    criterion: str = "l1"
+    candidates: int = 20
+    epochs: int = 2
+    lr: float = 0.01
+    schedule: str = "cosine"
+    concurrent: int = 2
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    params: dict = field(default_factory=dict)  # searcher-specific parameters
+    abc: dict = field(default_factory=dict)
+    fault_injection: dict = field(default_factory=dict)  # {raise: p, nan: p}: testing only
+
+
+@dataclass(frozen=True)
+class FinalConfig:
+    finetune_epochs: int = 40
+    finetune_lr: float = 0.001
+    scratch: tuple = ("E", "B")
+    scratch_b_max_factor: float = 2.0
+    scratch_lr: float | None = None  # None: baseline lr
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    final: FinalConfig = field(default_factory=FinalConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+SEARCHERS = ("random", "uniform", "abc", "seeded", "tpe", "nsga2", "dropnet", "dmcp")
+SCHEDULES = ("cosine", "multistep", "constant")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is dict:
+        if isinstance(value, dict):
+            return value
+    elif tp is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+        if isinstance(value, (str, int)):
+            return (value,)
+    else:  # pragma: no cover - all annotations above are covered
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown key '{full}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _check(cfg: Config) -> None:
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"{key}: {msg}")
+
+    d, b, s, sp, f = cfg.data, cfg.budget, cfg.search, cfg.space, cfg.final
+    if not 0 < d.val_fraction < 1:
+        bad("data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    if d.batch_size < 1:
+        bad("data.batch_size", f"must be >= 1, got {d.batch_size}")
+    if cfg.baseline.epochs < 0:
+        bad("baseline.epochs", f"must be >= 0, got {cfg.baseline.epochs}")
+    for key, sched in (("baseline.schedule", cfg.baseline.schedule), ("search.schedule", s.schedule)):
+        if sched not in SCHEDULES:
+            bad(key, f"unknown schedule '{sched}'; choose one of {', '.join(SCHEDULES)}")
+    given = [k for k in ("macs_ratio", "macs") if getattr(b, k) is not None]
+    if not given and b.params is None:
+        bad("budget", "set one of budget.macs_ratio (e.g. 0.5) or budget.macs")
+    if len(given) > 1:
+        bad("budget", "set only one of budget.macs_ratio and budget.macs")
+    if b.macs_ratio is not None and not 0 < b.macs_ratio <= 1:
+        bad("budget.macs_ratio", f"must be in (0, 1], got {b.macs_ratio}")
+    if b.macs is not None and b.macs <= 0:
+        bad("budget.macs", f"must be > 0, got {b.macs}")
+    if b.params is not None and b.params <= 0:
+        bad("budget.params", f"must be > 0, got {b.params}")
+    if sp.round_to < 1:
+        bad("space.round_to", f"must be >= 1, got {sp.round_to}")
+    if not 0 < sp.min_ratio <= 1:
+        bad("space.min_ratio", f"must be in (0, 1], got {sp.min_ratio}")
+    if s.searcher not in SEARCHERS:
+        close = difflib.get_close_matches(s.searcher, SEARCHERS, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        bad("search.searcher", f"unknown searcher '{s.searcher}'; {hint}choose one of {', '.join(SEARCHERS)}")
+    if s.candidates < 1:
+        bad("search.candidates", f"must be >= 1, got {s.candidates}")
+    if s.epochs < 1:
+        bad("search.epochs", f"must be >= 1, got {s.epochs}")
+    if s.concurrent < 1:
+        bad("search.concurrent", f"must be >= 1, got {s.concurrent}")
+    if s.resources.cpu <= 0 or s.resources.gpu < 0:
+        bad("search.resources", f"cpu must be > 0 and gpu >= 0, got cpu={s.resources.cpu} gpu={s.resources.gpu}")
+    if s.lr <= 0:
+        bad("search.lr", f"must be > 0, got {s.lr}")
+    for kind in f.scratch:
+        if kind not in ("E", "B"):
+            bad("final.scratch", f"entries must be 'E' or 'B', got {kind!r}")
+    if f.finetune_epochs < 0:
+        bad("final.finetune_epochs", f"must be >= 0, got {f.finetune_epochs}")
+    if f.scratch_b_max_factor < 1:
+        bad("final.scratch_b_max_factor", f"must be >= 1, got {f.scratch_b_max_factor}")
+    for key, p in (s.fault_injection or {}).items():
+        if key not in ("raise", "nan") or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            bad(f"search.fault_injection.{key}", "expected keys 'raise'/'nan' with probabilities in [0, 1]")
+
+
+def from_dict(data: Any) -> Config:
+    """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+    cfg = _build(Config, data, "")
+    _check(cfg)
+    return cfg
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested mapping, in place."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set budget.macs_ratio=0.3")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a section")
+            node = node[part]
+        node[parts[-1]] = _parse_scalar(text)
+    return data
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping with the safe loader; errors name the file and the line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}; pass the path of a YAML config such as configs/demo.yaml")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{p}: malformed YAML{where} ({problem}); fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (seed, model, data, ...)")
+    return data
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Load, override and validate a config file."""
+    return from_dict(apply_overrides(read_yaml(path), overrides))
+
+
+def dump(cfg: Config, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write the fully resolved config (plus ``extra`` facts such as versions) as YAML."""
+    data = cfg.to_dict()
+    if extra:
+        data["_resolved"] = json.loads(json.dumps(extra, default=str))
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,471 @@
+"""WidthSpace: the search variable of structsearch.
+
+A *prunable group* is a set of channel dimensions that must keep one width: a conv's output
+channels, its BN, the consumers' input channels; every conv feeding one residual sum; a depthwise
+conv tied to its producer; the matching slice of a concatenation. Groups are discovered by
+tracing the model with Torch-Pruning's ``DependencyGraph`` (no per-model rules), and every
+member's channel indices are recorded against the group's own channel numbering ("root"
+channels), so surgery and cost need nothing from the tracer afterwards.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cost import Affine, CostModel, record_shapes
+from .layers import CUSTOM_LEAVES
+
+
+class WidthError(ValueError):
+    """A width vector that does not fit its space (one line: what is wrong and the fix)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One module dimension of a group: ``idxs[i]`` of ``module`` carries root channel
+    ``root_idxs[i]``."""
+
+    module: str
+    dim: str  # "out" | "in"
+    idxs: np.ndarray
+    root_idxs: np.ndarray
+
+    @property
+    def multiplicity(self) -> int:
+        """Module channels per root channel (e.g. H*W for a flatten into a linear layer)."""
+        return len(self.idxs) // (int(self.root_idxs.max()) + 1) if len(self.idxs) else 0
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    width: int
+    members: tuple[Member, ...]
+
+    @property
+    def producers(self) -> list[str]:
+        return [m.module for m in self.members if m.dim == "out"]
+
+    @property
+    def modules(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for m in self.members:
+            seen.setdefault(m.module, None)
+        return list(seen)
+
+
+def _is_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Conv2d, nn.Linear))
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.groups > 1
+            and module.groups == module.in_channels == module.out_channels)
+
+
+def _tracer_pruners():
+    import torch_pruning as tp
+
+    class _LeafPruner(tp.pruner.function.BasePruningFunc):
+        # The tracer only needs channel counts; our own surgery does the cutting.
+        def prune_out_channels(self, layer, idxs):
+            return layer
+
+        def prune_in_channels(self, layer, idxs):
+            return layer
+
+        def get_out_channels(self, layer):
+            return layer.out_channels
+
+        def get_in_channels(self, layer):
+            return layer.in_channels
+
+    return {cls: _LeafPruner() for cls in CUSTOM_LEAVES}
+
+
+def _output_layers(dg, model: nn.Module) -> list[nn.Module]:
+    """Conv/linear layers whose output channels reach the model output without passing through
+    another conv/linear layer: their widths are the model's output and never searchable."""
+    result = []
+    for module in model.modules():
+        if not _is_layer(module) or module not in dg.module2node:
+            continue
+        stack, seen, reaches_output = [dg.module2node[module]], set(), False
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if not node.outputs:
+                reaches_output = True
+                break
+            for nxt in node.outputs:
+                if not _is_layer(nxt.module):
+                    stack.append(nxt)
+        if reaches_output:
+            result.append(module)
+    return result
+
+
+def _grid(width: int, min_ratio: float, round_to: int) -> np.ndarray:
+    """Allowed widths of a group: multiples of ``round_to`` from the floor up, plus the full width."""
+    floor = max(1, math.ceil(min_ratio * width - 1e-9))
+    lo = max(round_to, math.ceil(floor / round_to) * round_to)
+    values = list(range(lo, width + 1, round_to)) if lo <= width else []
+    if not values or values[-1] != width:
+        values.append(width)
+    return np.array(values, dtype=np.int64)
+
+
+@dataclass
+class WidthSpace:
+    """The prunable groups of a model and the exact cost of any width vector over them."""
+
+    groups: list[Group]
+    input_shape: tuple[int, ...]
+    round_to: int = 1
+    min_ratio: float = 0.1
+    ignore: tuple[str, ...] = ()
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
+    model_name: str | None = None
+    model_kwargs: dict = field(default_factory=dict)
+    _macs: CostModel | None = None
+    _params: CostModel | None = None
+    _grids: list[np.ndarray] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_model(cls, model: nn.Module, input_shape, *, ignore=(), round_to: int = 1,
+                   min_ratio: float = 0.1, model_name: str | None = None,
+                   model_kwargs: dict | None = None) -> "WidthSpace":
+        """Trace ``model`` on one input of ``input_shape`` (C, H, W) and discover its groups.
+
+        ``ignore`` holds module names or glob patterns; a group with any matching member is
+        not searchable. The classifier output and the input channels are never searchable.
+        """
+        import torch_pruning as tp
+
+        if round_to < 1:
+            raise ValueError("round_to must be >= 1")
+        if not 0 < min_ratio <= 1:
+            raise ValueError("min_ratio must be in (0, 1]")
+        input_shape = tuple(int(s) for s in input_shape)
+        example = torch.randn(1, *input_shape)
+        names = {module: name for name, module in model.named_modules()}
+        order = {name: i for i, name in enumerate(names.values())}
+        was_training = model.training
+        # Trace a copy in eval mode: tracing runs a forward pass, which would otherwise update
+        # the caller's BN running statistics.
+        traced = copy.deepcopy(model).eval()
+        tnames = {module: name for name, module in traced.named_modules()}
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(
+                traced, example_inputs=example, customized_pruners=_tracer_pruners())
+        model.train(was_training)
+        outputs = _output_layers(dg, traced)
+        raw_groups = dg.get_all_groups(ignored_layers=outputs,
+                                       root_module_types=[nn.Conv2d, nn.Linear])
+        groups, skipped = [], []
+        for raw in raw_groups:
+            group, reason = cls._convert(raw, tnames, traced, dg)
+            if group is None:
+                continue
+            if reason is None:
+                for pattern in ignore:
+                    if any(fnmatch.fnmatchcase(m, pattern) for m in group.modules):
+                        reason = f"ignored by '{pattern}'"
+                        break
+            if reason is None and group.width < 2:
+                reason = "a single channel"
+            if reason is not None:
+                skipped.append((group.name, reason))
+                continue
+            groups.append(group)
+        groups.sort(key=lambda g: min(order.get(m, 0) for m in g.producers or g.modules))
+        space = cls(groups=groups, input_shape=input_shape, round_to=round_to,
+                    min_ratio=min_ratio, ignore=tuple(ignore), skipped=skipped,
+                    model_name=model_name, model_kwargs=dict(model_kwargs or {}))
+        space._build_costs(model, example)
+        return space
+
+    @staticmethod
+    def _convert(raw, names, model, dg):
+        merged: dict[tuple[str, str], tuple[list, list]] = {}
+        reason = None
+        for item in raw:
+            module = item.dep.target.module
+            if not isinstance(module, nn.Module) or module not in names:
+                continue
+            has_params = any(True for _ in module.parameters(recurse=False))
+            supported = isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)) \
+                or isinstance(module, CUSTOM_LEAVES)
+            if not supported:
+                if has_params:
+                    reason = f"unsupported layer {type(module).__name__} ({names[module]})"
+                continue
+            if isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module):
+                reason = f"grouped conv {names[module]} (groups={module.groups})"
+            dim = "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
+            key = (names[module], dim)
+            idxs, roots = merged.setdefault(key, ([], []))
+            idxs.extend(int(i) for i in item.idxs)
+            roots.extend(int(r) for r in item.root_idxs)
+        if not merged:
+            return None, None
+        members = []
+        for (name, dim), (idxs, roots) in merged.items():
+            pairs = sorted(set(zip(idxs, roots)))
+            members.append(Member(name, dim, np.array([p[0] for p in pairs], dtype=np.int64),
+                                  np.array([p[1] for p in pairs], dtype=np.int64)))
+        root_module = raw[0].dep.target.module
+        width = len(set(int(r) for r in raw[0].root_idxs))
+        for m in members:
+            counts = np.bincount(m.root_idxs, minlength=width)
+            if len(counts) != width or counts.min() != counts.max():
+                reason = reason or f"uneven channel mapping at {m.module}"
+        modules = dict(model.named_modules())
+        order = {name: i for i, name in enumerate(modules)}
+        members.sort(key=lambda m: (order[m.module], m.dim))
+        producers = [m.module for m in members if m.dim == "out" and
+                     isinstance(modules[m.module], (nn.Conv2d, nn.Linear))]
+        if not producers:
+            producers = [names[root_module]]
+        name = ",".join(producers) if len(producers) <= 2 else \
+            f"{producers[0]}..{producers[-1]} ({len(producers)} layers)"
+        return Group(name=name, width=width, members=tuple(members)), reason
+
+    def _build_costs(self, model: nn.Module, example: torch.Tensor) -> None:
+        shapes = record_shapes(model, example)
+        g = len(self.groups)
+        out_aff: dict[str, list] = {}
+        in_aff: dict[str, list] = {}
+        modules = dict(model.named_modules())
+
+        def full(module, dim):
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                return module.num_features
+            if isinstance(module, nn.Linear):
+                return module.out_features if dim == "out" else module.in_features
+            return module.out_channels if dim == "out" else module.in_channels
+
+        for gi, group in enumerate(self.groups):
+            for m in group.members:
+                table = out_aff if m.dim == "out" else in_aff
+                entry = table.setdefault(m.module, [float(full(modules[m.module], m.dim)), np.zeros(g)])
+                entry[0] -= len(m.idxs)
+                entry[1][gi] += m.multiplicity
+
+        def aff(table, name, default):
+            if name in table:
+                return Affine(table[name][0], table[name][1])
+            return Affine(float(default), np.zeros(g))
+
+        one = Affine(1.0, np.zeros(g))
+        self._macs, self._params = CostModel(g), CostModel(g)
+        for name, module in modules.items():
+            if isinstance(module, nn.Conv2d):
+                out = aff(out_aff, name, module.out_channels)
+                if _is_depthwise(module):
+                    inp = one
+                elif module.groups > 1:
+                    inp = Affine(module.in_channels / module.groups, np.zeros(g))
+                else:
+                    inp = aff(in_aff, name, module.in_channels)
+                k = module.kernel_size[0] * module.kernel_size[1]
+                if name in shapes:
+                    s = shapes[name]
+                    self._macs.add(k * s.positions * s.calls, out, inp, name)
+                self._params.add(k, out, inp, name)
+                if module.bias is not None:
+                    self._params.add(1, out, one, name)
+            elif isinstance(module, nn.Linear):
+                out = aff(out_aff, name, module.out_features)
+                inp = aff(in_aff, name, module.in_features)
+                if name in shapes:
+                    s = shapes[name]
+                    self._macs.add(s.positions * s.calls, out, inp, name)
+                self._params.add(1, out, inp, name)
+                if module.bias is not None:
+                    self._params.add(1, out, one, name)
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if module.affine:
+                    self._params.add(2, aff(out_aff, name, module.num_features), one, name)
+            else:
+                n = sum(p.numel() for p in module.parameters(recurse=False))
+                if n:
+                    self._params.add(n, one, one, name)
+        self._grids = [_grid(gr.width, self.min_ratio, self.round_to) for gr in self.groups]
+
+    # ------------------------------------------------------------------ basic facts
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    @property
+    def full_widths(self) -> list[int]:
+        return [g.width for g in self.groups]
+
+    @property
+    def names(self) -> list[str]:
+        return [g.name for g in self.groups]
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        """(min, max) allowed width per group after ``min_ratio`` and ``round_to``."""
+        return [(int(grid[0]), int(grid[-1])) for grid in self._grids]
+
+    def grid(self, index: int) -> np.ndarray:
+        """Allowed widths of group ``index``, ascending."""
+        return self._grids[index]
+
+    @property
+    def lower(self) -> np.ndarray:
+        return np.array([grid[0] for grid in self._grids], dtype=np.int64)
+
+    @property
+    def upper(self) -> np.ndarray:
+        return np.array([grid[-1] for grid in self._grids], dtype=np.int64)
+
+    # ------------------------------------------------------------------ cost
+    def macs(self, widths):
+        """MACs (conv + linear, bias excluded) of one width vector (int) or of each row (array)."""
+        return self._macs(widths)
+
+    def params(self, widths):
+        """Parameter count of one width vector (int) or of each row of a 2-D array (array)."""
+        return self._params(widths)
+
+    def layer_macs(self, widths) -> dict[str, float]:
+        return self._macs.per_term(widths)
+
+    def layer_params(self, widths) -> dict[str, float]:
+        return self._params.per_term(widths)
+
+    @property
+    def full_macs(self) -> int:
+        return self.macs(self.full_widths)
+
+    @property
+    def min_macs(self) -> int:
+        return self.macs(self.lower)
+
+    # ------------------------------------------------------------------ vectors
+    def snap(self, widths) -> np.ndarray:
+        """Nearest allowed width per group (ties go up)."""
+        w = np.asarray(widths, dtype=np.float64)
+        out = np.empty(len(self.groups), dtype=np.int64)
+        for i, grid in enumerate(self._grids):
+            out[i] = grid[np.argmin(np.abs(grid - w[i] - 1e-9))]
+        return out
+
+    def uniform(self, ratio: float) -> np.ndarray:
+        """Same fraction ``ratio`` in (0, 1] of every group's full width, snapped to the grid."""
+        return self.snap([ratio * g.width for g in self.groups])
+
+    def validate(self, widths) -> np.ndarray:
+        """Return ``widths`` as an int array or raise :class:`WidthError` saying what is wrong."""
+        try:
+            w = np.asarray(widths)
+        except Exception:  # noqa: BLE001 - anything unparsable is a width error
+            raise WidthError(f"widths must be a list of {len(self.groups)} integers") from None
+        if w.ndim != 1 or len(w) != len(self.groups):
+            raise WidthError(f"widths has {w.size} entries but the space has {len(self.groups)} "
+                             f"groups; run `structsearch inspect` to list them")
+        if not np.all(np.isfinite(w.astype(float))) or not np.all(np.mod(w.astype(float), 1) == 0):
+            raise WidthError("widths must be integers")
+        w = w.astype(np.int64)
+        for i, (grid, value) in enumerate(zip(self._grids, w)):
+            if value < grid[0] or value > grid[-1]:
+                raise WidthError(f"width {value} of group {i} ({self.groups[i].name}) is outside "
+                                 f"[{grid[0]}, {grid[-1]}]")
+            if value not in grid:
+                raise WidthError(f"width {value} of group {i} ({self.groups[i].name}) is not on the "
+                                 f"grid (multiples of {self.round_to}, or the full width {grid[-1]})")
+        return w
+
+    def sample(self, rng: np.random.Generator, n: int, macs_range=None) -> np.ndarray:
+        """``n`` random width vectors on the grid; with ``macs_range=(lo, hi)`` all have MACs in
+        that range (over-budget draws are projected, too-small ones redrawn)."""
+        out = []
+        if macs_range is None:
+            return self._draw(rng, n)
+        lo, hi = macs_range
+        if hi < self.min_macs:
+            raise WidthError(f"MACs upper bound {hi:.4g} is below the smallest network "
+                             f"({self.min_macs:.4g} MACs)")
+        for _ in range(200):
+            draws = self._draw(rng, max(n, 16))
+            macs = self.macs(draws)
+            for w, m in zip(draws, macs):
+                if m > hi:
+                    w = self.project(w, hi)
+                    m = self.macs(w)
+                if lo is None or m >= lo:
+                    out.append(w)
+                    if len(out) == n:
+                        return np.stack(out)
+        raise WidthError(f"could not sample widths with MACs in [{lo:.4g}, {hi:.4g}]; widen the range")
+
+    def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        cols = [grid[rng.integers(0, len(grid), size=n)] for grid in self._grids]
+        return np.stack(cols, axis=1).astype(np.int64)
+
+    def project(self, widths, max_macs: float) -> np.ndarray:
+        """Repair an over-budget vector: repeatedly shrink the group that saves the most MACs per
+        channel removed, staying on the grid and above the floor. Returns a vector with
+        ``macs <= max_macs``; raises :class:`WidthError` if even the floor is above it."""
+        w = self.snap(widths)
+        if self.macs(w) <= max_macs:
+            return w
+        if self.min_macs > max_macs:
+            raise WidthError(f"budget {max_macs:.4g} MACs is below the smallest network in the space "
+                             f"({self.min_macs:.4g} MACs); raise the budget or lower space.min_ratio")
+        pos = np.array([np.searchsorted(grid, v) for grid, v in zip(self._grids, w)])
+        while True:
+            current = self.macs(w)
+            excess = current - max_macs
+            if excess <= 0:
+                return w
+            movable = np.nonzero(pos > 0)[0]
+            trial = np.repeat(w[None, :], len(movable), axis=0)
+            lowered = np.array([self._grids[i][pos[i] - 1] for i in movable])
+            trial[np.arange(len(movable)), movable] = lowered
+            saved = current - self.macs(trial)
+            per_channel = saved / (w[movable] - lowered)
+            best = int(np.argmax(per_channel))
+            i = movable[best]
+            # Shrinking by one grid step at a time is exact but slow on wide layers; take as many
+            # steps as the excess needs (the saving per step only grows as w shrinks), capped at
+            # a tenth of the remaining grid so other groups get their turn.
+            steps = max(1, min(int(math.ceil(excess / max(saved[best], 1e-9))) - 1, pos[i] // 10))
+            pos[i] -= steps
+            w = w.copy()
+            w[i] = self._grids[i][pos[i]]
+
+    # ------------------------------------------------------------------ display
+    def table(self, widths=None) -> str:
+        """Group, members, full width, bounds, MACs and params share at ``widths`` (default full)."""
+        widths = self.full_widths if widths is None else list(widths)
+        total_macs = self.macs(widths)
+        total_params = self.params(widths)
+        layer_macs = self.layer_macs(widths)
+        layer_params = self.layer_params(widths)
+        rows = ["| # | group | members | width | bounds | MACs % | params % |",
+                "|---|---|---|---|---|---|---|"]
+        for i, (group, (lo, hi)) in enumerate(zip(self.groups, self.bounds)):
+            producers = group.producers
+            macs = sum(layer_macs.get(p, 0.0) for p in producers)
+            params = sum(layer_params.get(p, 0.0) for p in producers)
+            rows.append(f"| {i} | {group.name} | {len(group.modules)} | {widths[i]}/{group.width} | "
+                        f"{lo}-{hi} | {100 * macs / max(total_macs, 1):.1f} | "
+                        f"{100 * params / max(total_params, 1):.1f} |")
+        rows.append(f"\ntotal: {len(self.groups)} groups, {total_macs / 1e6:.2f} M MACs, "
+                    f"{total_params / 1e6:.3f} M params")
+        for name, why in self.skipped:
+            rows.append(f"not searchable: {name} ({why})")
+        return "\n".join(rows)

@@ -1,0 +1,287 @@
+"""Widths + kept channel indices -> a physically smaller model; portable save and load.
+
+Surgery slices parameters and buffers by the indices each :class:`~structsearch.space.Member`
+recorded, so it works for any model the space could trace. A saved model is ``arch.json`` (how to
+rebuild it from the registry) plus a plain ``state_dict`` loaded with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .space import WidthSpace, _is_depthwise
+
+FORMAT_VERSION = 1
+ARCH_FILE = "arch.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or arch file that cannot be loaded safely (one line: what and the fix)."""
+
+
+def _keep_sets(space: WidthSpace, widths, keep) -> list[np.ndarray]:
+    widths = space.validate(widths)
+    result = []
+    for i, (group, w) in enumerate(zip(space.groups, widths)):
+        chosen = None
+        if keep is not None:
+            chosen = keep.get(i, keep.get(group.name)) if isinstance(keep, dict) else keep[i]
+        if chosen is None:
+            chosen = np.arange(w)
+        chosen = np.unique(np.asarray(chosen, dtype=np.int64))
+        if len(chosen) != w or chosen.min() < 0 or chosen.max() >= group.width:
+            raise ValueError(f"keep for group {i} ({group.name}) must hold {w} distinct channel "
+                             f"indices in [0, {group.width}); got {len(chosen)}")
+        result.append(chosen)
+    return result
+
+
+def _removed(space: WidthSpace, keep_sets) -> dict[tuple[str, str], np.ndarray]:
+    removed: dict[tuple[str, str], list[np.ndarray]] = {}
+    for group, kept in zip(space.groups, keep_sets):
+        if len(kept) == group.width:
+            continue
+        for m in group.members:
+            gone = m.idxs[~np.isin(m.root_idxs, kept)]
+            removed.setdefault((m.module, m.dim), []).append(gone)
+    return {k: np.concatenate(v) for k, v in removed.items()}
+
+
+def _keep_index(n: int, gone: np.ndarray | None) -> torch.Tensor | None:
+    if gone is None or len(gone) == 0:
+        return None
+    mask = np.ones(n, dtype=bool)
+    mask[gone] = False
+    return torch.from_numpy(np.nonzero(mask)[0])
+
+
+def _slice_param(param: nn.Parameter, dim: int, idx: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(param.data.index_select(dim, idx.to(param.device)).clone(),
+                        requires_grad=param.requires_grad)
+
+
+@torch.no_grad()
+def _cut(module: nn.Module, out_keep, in_keep) -> None:
+    if isinstance(module, nn.Conv2d):
+        if _is_depthwise(module):
+            keep = out_keep if out_keep is not None else in_keep
+            module.weight = _slice_param(module.weight, 0, keep)
+            if module.bias is not None:
+                module.bias = _slice_param(module.bias, 0, keep)
+            module.in_channels = module.out_channels = module.groups = len(keep)
+            return
+        if out_keep is not None:
+            module.weight = _slice_param(module.weight, 0, out_keep)
+            if module.bias is not None:
+                module.bias = _slice_param(module.bias, 0, out_keep)
+            module.out_channels = len(out_keep)
+        if in_keep is not None:
+            module.weight = _slice_param(module.weight, 1, in_keep)
+            module.in_channels = len(in_keep)
+    elif isinstance(module, nn.Linear):
+        if out_keep is not None:
+            module.weight = _slice_param(module.weight, 0, out_keep)
+            if module.bias is not None:
+                module.bias = _slice_param(module.bias, 0, out_keep)
+            module.out_features = len(out_keep)
+        if in_keep is not None:
+            module.weight = _slice_param(module.weight, 1, in_keep)
+            module.in_features = len(in_keep)
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        keep = out_keep if out_keep is not None else in_keep
+        if module.affine:
+            module.weight = _slice_param(module.weight, 0, keep)
+            module.bias = _slice_param(module.bias, 0, keep)
+        if module.running_mean is not None:
+            module.running_mean = module.running_mean.index_select(0, keep.to(module.running_mean.device)).clone()
+            module.running_var = module.running_var.index_select(0, keep.to(module.running_var.device)).clone()
+        module.num_features = len(keep)
+    elif hasattr(module, "prune_channels"):
+        module.prune_channels(out_keep, in_keep)
+    else:  # the space refuses groups through other layers, so this is a programming error
+        raise TypeError(f"cannot cut {type(module).__name__}")
+
+
+def _full_size(module: nn.Module, dim: str) -> int:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features if dim == "out" else module.in_features
+    return module.out_channels if dim == "out" else module.in_channels
+
+
+def prune(model: nn.Module, space: WidthSpace, widths, keep=None) -> nn.Module:
+    """A new, physically smaller copy of ``model`` with ``widths`` channels per group.
+
+    ``keep`` maps a group (index or name) to the root channel indices it keeps (e.g. the top
+    channels of a criterion); by default a group keeps its first ``w`` channels. The input model
+    is not modified.
+    """
+    keep_sets = _keep_sets(space, widths, keep)
+    removed = _removed(space, keep_sets)
+    # Copy the module tree but not its tensors: cut tensors are sliced into new storage and
+    # only the untouched ones are cloned afterwards, so every weight is copied once.
+    originals = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    new = copy.deepcopy(model, memo=dict(originals))
+    modules = dict(new.named_modules())
+    for name in sorted({name for name, _ in removed}):
+        module = modules[name]
+        out_keep = _keep_index(_full_size(module, "out"), removed.get((name, "out")))
+        in_keep = _keep_index(_full_size(module, "in"), removed.get((name, "in")))
+        _cut(module, out_keep, in_keep)
+    with torch.no_grad():
+        for module in new.modules():
+            for key, p in module._parameters.items():
+                if p is not None and id(p) in originals and originals[id(p)] is p:
+                    module._parameters[key] = nn.Parameter(p.data.clone(), requires_grad=p.requires_grad)
+            for key, b in module._buffers.items():
+                if b is not None and id(b) in originals and originals[id(b)] is b:
+                    module._buffers[key] = b.clone()
+    return new
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def arch_dict(space: WidthSpace, widths) -> dict:
+    widths = [int(w) for w in space.validate(widths)]
+    if space.model_name is None:
+        raise ValueError("the space was not built from a registry model (model_name is unset); "
+                         "build it with WidthSpace.from_model(..., model_name=...)")
+    return {
+        "model": space.model_name,
+        "model_kwargs": space.model_kwargs,
+        "input_shape": list(space.input_shape),
+        "widths": widths,
+        "groups": space.names,
+        "space": {"round_to": space.round_to, "min_ratio": space.min_ratio, "ignore": list(space.ignore)},
+        "macs": int(space.macs(widths)),
+        "params": int(space.params(widths)),
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def save_pruned(model: nn.Module, space: WidthSpace, widths, path, *, extra: dict | None = None) -> Path:
+    """Write ``path/arch.json`` and ``path/weights.pt`` (a plain state_dict) for a pruned model."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    arch = arch_dict(space, widths)
+    if extra:
+        arch.update(extra)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path / (WEIGHTS_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path / WEIGHTS_FILE)
+    _atomic_write_text(path / ARCH_FILE, json.dumps(arch, indent=2))
+    return path
+
+
+def load_state_dict_file(path) -> dict:
+    """``torch.load(path, weights_only=True)`` with one clear error for unsafe or broken files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure gets the same clear message
+        kind = "contains pickled code or objects, refused by weights_only loading" \
+            if "weights_only" in str(exc) or "Unsupported" in str(exc) else "is truncated or corrupt"
+        raise CheckpointError(f"checkpoint {path} {kind}; save a plain state_dict "
+                              f"(torch.save(model.state_dict(), path))") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} is not a state_dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load a state_dict file into ``model`` with clear errors for missing keys or wrong shapes."""
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        key = (missing or unexpected)[0]
+        raise CheckpointError(f"checkpoint {path} does not match the model: "
+                              f"{len(missing)} missing and {len(unexpected)} unexpected keys "
+                              f"(first: {key}); check model.name and its kwargs")
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"checkpoint {path} does not match the model: {k} has shape "
+                                  f"{tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def read_arch(path) -> dict:
+    path = Path(path)
+    file = path / ARCH_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise CheckpointError(f"{file} not found; point at a directory written by save_pruned")
+    try:
+        arch = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    required = {"model": str, "model_kwargs": dict, "input_shape": list, "widths": list,
+                "groups": list, "format_version": int}
+    for key, tp in required.items():
+        if not isinstance(arch.get(key), tp):
+            raise CheckpointError(f"{file}: key '{key}' is missing or not a {tp.__name__}")
+    if arch["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format_version {arch['format_version']} is not supported "
+                              f"(this structsearch reads {FORMAT_VERSION})")
+    return arch
+
+
+def build_pruned(arch: dict) -> tuple[nn.Module, WidthSpace]:
+    """Rebuild the (untrained) pruned architecture described by an ``arch.json`` dict."""
+    from . import models
+
+    try:
+        full = models.build(arch["model"], **arch["model_kwargs"])
+    except KeyError as exc:
+        raise CheckpointError(f"arch.json names an unknown model: {exc}") from None
+    opts = arch.get("space", {})
+    space = WidthSpace.from_model(full, arch["input_shape"], round_to=opts.get("round_to", 1),
+                                  min_ratio=opts.get("min_ratio", 0.1), ignore=tuple(opts.get("ignore", ())),
+                                  model_name=arch["model"], model_kwargs=arch["model_kwargs"])
+    if space.names != arch["groups"]:
+        raise CheckpointError("arch.json groups do not match the groups of the rebuilt model; "
+                              "it was saved by a different model definition")
+    return prune(full, space, arch["widths"]), space
+
+
+def load_pruned(path) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned` and load its weights (``weights_only``)."""
+    path = Path(path)
+    arch = read_arch(path)
+    model, _ = build_pruned(arch)
+    load_weights(model, (path if path.is_dir() else path.parent) / WEIGHTS_FILE)
+    return model
+
+
+def export_onnx(model: nn.Module, input_shape, path, *, opset: int = 17) -> Path:
+    """Export ``model`` (eval mode, batch dimension dynamic) to ONNX."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise RuntimeError("ONNX export needs the onnx package: pip install 'structsearch[onnx]'") from None
+    path = Path(path)
+    model = copy.deepcopy(model).cpu().eval()
+    example = torch.randn(1, *input_shape)
+    torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    return path
