@@ -1,0 +1,28 @@
+"""Width-vector searchers: numpy ask/tell cores plus one Ray Tune adapter (``adapter.py``)."""
+from __future__ import annotations
+
+from .core import FINISHED, WORST, Proposal, SearchCore
+from .random_search import RandomSearch
+from .uniform import UniformSweep, max_uniform_ratio
+
+_REGISTRY = {
+    "random": RandomSearch,
+    "uniform": UniformSweep,
+}
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build(name: str, space, *, max_macs: float, num_candidates: int, seed: int = 0,
+          params: dict | None = None) -> SearchCore:
+    """The searcher core ``name`` over ``space`` under ``max_macs``."""
+    if name not in _REGISTRY:
+        raise KeyError(f"searcher '{name}' is not available; choose one of {', '.join(names())}")
+    return _REGISTRY[name](space, max_macs=max_macs, num_candidates=num_candidates, seed=seed,
+                           **(params or {}))
+
+
+__all__ = ["FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
+           "max_uniform_ratio", "names", "build"]

@@ -1,0 +1,54 @@
+"""Adapter from a numpy :class:`~searchers.core.SearchCore` to ``ray.tune.search.Searcher``."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from .core import FINISHED, Proposal, SearchCore
+
+
+class TuneSearcher(Searcher):
+    """``suggest`` returns ``{"widths", "origin", "searcher", "token"}``, ``None`` while the core
+    waits for results, or ``Searcher.FINISHED``; errored trials count as the worst fitness."""
+
+    def __init__(self, core: SearchCore, *, metric: str = "val_acc"):
+        super().__init__(metric=metric, mode="max")
+        self.core = core
+        self.tokens: dict[str, int] = {}
+
+    def suggest(self, trial_id: str):
+        proposal = self.core.ask()
+        if proposal == FINISHED:
+            return Searcher.FINISHED
+        if proposal is None:
+            return None
+        assert isinstance(proposal, Proposal)
+        self.tokens[trial_id] = proposal.token
+        return {"widths": list(proposal.widths), "origin": proposal.origin,
+                "searcher": self.core.name, "token": proposal.token}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        token = self.tokens.pop(trial_id, None)
+        if token is None:
+            return
+        fitness = None
+        if not error and result and self.metric in result and result.get("status", "ok") == "ok":
+            fitness = float(result[self.metric])
+        self.core.tell(token, fitness)
+
+    def save(self, checkpoint_path: str) -> None:
+        # Write then rename: an interrupted save never leaves a half-written state.
+        data = {"core": self.core.state(), "tokens": dict(self.tokens)}
+        tmp = Path(str(checkpoint_path) + ".tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump(data, fh)
+        os.replace(tmp, checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            data = pickle.load(fh)  # our own file, written by save() above
+        self.core.load_state(data["core"])
+        self.tokens = data["tokens"]

@@ -1,0 +1,39 @@
+"""Importance criteria: which channels of a group a candidate keeps.
+
+Every criterion has one protocol: ``scores(model, space, batches=None)`` returns one numpy array
+per group of the space (length = the group's full width, higher = keep). A group with several
+member layers sums the members' scores, each normalised by its maximum, so wide and narrow
+layers weigh the same.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .base import Criterion, criterion_keep, per_group
+from .bn_scale import BNScale
+from .l1 import L1Norm
+from .random import RandomCriterion
+
+_REGISTRY: dict[str, Callable[..., Criterion]] = {
+    "l1": L1Norm,
+    "bn_scale": BNScale,
+    "random": RandomCriterion,
+}
+
+
+def names() -> list[str]:
+    """Registered criterion names."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **params) -> Criterion:
+    """The criterion ``name`` with its parameters; unknown names raise ``KeyError``."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown criterion '{name}'; choose one of {', '.join(names())}")
+    return _REGISTRY[name](**params)
+
+
+__all__ = ["Criterion", "criterion_keep", "per_group", "names", "get", "L1Norm", "BNScale",
+           "RandomCriterion"]

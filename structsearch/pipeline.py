@@ -1,0 +1,508 @@
+"""The search flow: config -> baseline -> scores -> WidthSpace -> Ray Tune candidates -> winner
+-> final stage (fine-tune | Scratch-E | Scratch-B) -> report. The only module that starts Ray.
+
+Every stage checks the run directory first and skips work whose outputs exist, so ``--resume``
+continues where an interrupted run stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from . import config as config_mod
+from . import criteria as criteria_mod
+from . import data as data_mod
+from . import models
+from . import report
+from .config import Config, ConfigError
+from .space import WidthSpace
+from .surgery import CheckpointError, load_state_dict_file, load_weights, save_pruned
+from .train import TrainSpec, evaluate, train
+
+log = logging.getLogger("structsearch")
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (one line: what and the fix)."""
+
+
+def say(msg: str) -> None:
+    print(f"[structsearch] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- preparation
+@dataclasses.dataclass
+class Prepared:
+    cfg: Config
+    run_dir: Path
+    splits: data_mod.Splits
+    data_spec: data_mod.DataSpec
+    model_kwargs: dict
+    model: torch.nn.Module
+    space: WidthSpace
+    max_macs: float
+    device: str
+
+
+def data_spec_of(cfg: Config) -> data_mod.DataSpec:
+    d = cfg.data
+    return data_mod.DataSpec(name=d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
+                             batch_size=d.batch_size, seed=cfg.seed, augment=d.augment)
+
+
+def load_data(cfg: Config) -> tuple[data_mod.DataSpec, data_mod.Splits]:
+    spec = data_spec_of(cfg)
+    if cfg.data.name not in data_mod.names():
+        raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}'; choose one of "
+                          f"{', '.join(data_mod.names())}")
+    return spec, data_mod.load(spec)
+
+
+def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, dict]:
+    kwargs = dict(cfg.model.kwargs)
+    kwargs["num_classes"] = cfg.model.num_classes or splits.num_classes
+    kwargs["in_channels"] = splits.input_shape[0]
+    if cfg.model.num_classes and cfg.model.num_classes != splits.num_classes:
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes} does not match the "
+                          f"{splits.num_classes} classes of {cfg.data.name}; remove the key")
+    try:
+        model = models.build(cfg.model.name, **kwargs)
+    except KeyError as exc:
+        raise ConfigError(f"model.name: {exc.args[0]}") from None
+    except TypeError as exc:
+        raise ConfigError(f"model.kwargs: {exc}") from None
+    return model, kwargs
+
+
+def budget_macs(cfg: Config, space: WidthSpace) -> float:
+    b = cfg.budget
+    if b.params is not None:
+        raise ConfigError("budget.params: parameter budgets are not supported yet; "
+                          "use budget.macs_ratio or budget.macs")
+    full, floor = space.full_macs, space.min_macs
+    target = b.macs if b.macs is not None else b.macs_ratio * full
+    key = "budget.macs" if b.macs is not None else "budget.macs_ratio"
+    if target > full:
+        raise ConfigError(f"{key}: budget {target:.4g} MACs is above the baseline's "
+                          f"{full:.4g} MACs; nothing to prune")
+    if target < floor:
+        raise ConfigError(f"{key}: budget {target:.4g} MACs is below the smallest network in the "
+                          f"space ({floor:.4g} MACs, {100 * floor / full:.1f}% of the baseline); "
+                          f"raise the budget or lower space.min_ratio")
+    return float(target)
+
+
+def prepare_run_dir(out: str | None, config_path: str | None, resume: bool) -> Path:
+    if out is None:
+        stem = Path(config_path).stem if config_path else "run"
+        out = os.path.join("runs", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(out).expanduser().resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file; choose a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not resume:
+        raise RunDirError(f"run directory {run_dir} is not empty; pass --resume to continue it "
+                          f"or choose another --out")
+    if resume and not run_dir.is_dir():
+        raise RunDirError(f"--resume: run directory {run_dir} does not exist")
+    return run_dir
+
+
+def prepare(cfg: Config, run_dir: Path) -> Prepared:
+    """Everything that can fail on bad input, checked before Ray starts."""
+    if cfg.search.criterion not in criteria_mod.names():
+        raise ConfigError(f"search.criterion: unknown criterion '{cfg.search.criterion}'; choose "
+                          f"one of {', '.join(criteria_mod.names())}")
+    import searchers
+    if cfg.search.searcher not in searchers.names():
+        raise ConfigError(f"search.searcher: '{cfg.search.searcher}' is not available in this "
+                          f"version; choose one of {', '.join(searchers.names())}")
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).expanduser().is_file():
+        raise ConfigError(f"model.checkpoint: file not found: {Path(cfg.model.checkpoint).expanduser()}")
+    spec, splits = load_data(cfg)
+    model, kwargs = build_model(cfg, splits)
+    sp = cfg.space
+    space = WidthSpace.from_model(model, splits.input_shape, ignore=sp.ignore, round_to=sp.round_to,
+                                  min_ratio=sp.min_ratio, model_name=cfg.model.name, model_kwargs=kwargs)
+    if len(space) == 0:
+        raise ConfigError(f"model.name: {cfg.model.name} has no searchable channel groups "
+                          f"(space.ignore: {list(sp.ignore)})")
+    max_macs = budget_macs(cfg, space)
+    if cfg.model.checkpoint:
+        try:
+            load_weights(model, Path(cfg.model.checkpoint).expanduser())
+        except CheckpointError as exc:
+            raise ConfigError(f"model.checkpoint: {exc}") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device)
+
+
+def versions() -> dict:
+    import ray
+    return {"structsearch": __version__, "torch": torch.__version__, "ray": ray.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# ---------------------------------------------------------------------------- stages
+def baseline_spec(cfg: Config) -> TrainSpec:
+    b = cfg.baseline
+    return TrainSpec(epochs=b.epochs, lr=b.lr, momentum=b.momentum, nesterov=b.nesterov,
+                     weight_decay=b.weight_decay, schedule=b.schedule,
+                     label_smoothing=b.label_smoothing, batch_size=cfg.data.batch_size)
+
+
+def stage_baseline(p: Prepared) -> dict:
+    out = p.run_dir / "baseline"
+    metrics_file, weights_file = out / "metrics.json", out / "weights.pt"
+    if metrics_file.is_file() and weights_file.is_file():
+        p.model.load_state_dict(load_state_dict_file(weights_file))
+        say(f"baseline: reusing {out}")
+        return json.loads(metrics_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if not p.cfg.model.checkpoint:
+        spec = baseline_spec(p.cfg)
+        say(f"baseline: training {p.cfg.model.name} for {spec.epochs} epochs on {p.cfg.data.name}")
+        train(p.model, p.splits.train, spec, val_split=p.splits.val, device=p.device, seed=p.cfg.seed,
+              on_epoch=lambda e, m: say(f"  baseline epoch {e}/{spec.epochs}: val_acc "
+                                        f"{100 * m['val_acc']:.2f}%"))
+    val = evaluate(p.model, p.splits.val, device=p.device)
+    test = evaluate(p.model, p.splits.test, device=p.device)
+    full = p.space.full_widths
+    metrics = {"val_acc": val["top1"], "test_acc": test["top1"], "macs": int(p.space.macs(full)),
+               "params": int(sum(t.numel() for t in p.model.parameters())),
+               "epochs": p.cfg.baseline.epochs if not p.cfg.model.checkpoint else None,
+               "source": p.cfg.model.checkpoint or "trained", "seconds": time.perf_counter() - start}
+    p.model.cpu()
+    tmp = out / "weights.pt.tmp"
+    torch.save({k: v.detach().cpu() for k, v in p.model.state_dict().items()}, tmp)
+    os.replace(tmp, weights_file)
+    report.write_json(metrics, metrics_file)
+    say(f"baseline: val {100 * val['top1']:.2f}%, test {100 * test['top1']:.2f}%, "
+        f"{metrics['macs'] / 1e6:.3f} M MACs")
+    return metrics
+
+
+def stage_scores(p: Prepared) -> list[np.ndarray]:
+    file = p.run_dir / "scores.npz"
+    name = p.cfg.search.criterion
+    if file.is_file():
+        data = np.load(file, allow_pickle=False)
+        if str(data["criterion"]) == name and len(data.files) - 1 == len(p.space):
+            return [data[f"g{i}"] for i in range(len(p.space))]
+    params = {"seed": p.cfg.seed} if name == "random" else {}
+    criterion = criteria_mod.get(name, **params)
+    batches = None
+    if getattr(criterion, "needs_data", False):
+        batches = list(p.splits.train.subset(min(640, len(p.splits.train)), seed=p.cfg.seed)
+                       .batches(128, shuffle=False, augment=False))
+    scores = criterion.scores(p.model.cpu(), p.space, batches)
+    tmp = p.run_dir / "scores.tmp.npz"
+    np.savez(tmp, criterion=np.array(name), **{f"g{i}": s for i, s in enumerate(scores)})
+    os.replace(tmp, file)
+    return scores
+
+
+class _Progress:
+    """A Tune callback printing one line per finished candidate (no table floods)."""
+
+    def __new__(cls, total: int, label: str):
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def __init__(self):
+                self.done, self.best = 0, None
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                self._line(trial, "ok")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._line(trial, "error")
+
+            def _line(self, trial, status):
+                self.done += 1
+                res = trial.last_result or {}
+                acc = res.get("val_acc")
+                if res.get("status") == "error":
+                    status = "error"
+                if status == "ok" and acc is not None and (self.best is None or acc > self.best):
+                    self.best = acc
+                best = f", best {100 * self.best:.2f}%" if self.best is not None else ""
+                shown = f"val {100 * acc:.2f}%" if status == "ok" and acc is not None else status
+                ratio = res.get("macs_ratio")
+                ratio = f" at {100 * ratio:.1f}% MACs" if ratio else ""
+                say(f"{label} {self.done}/{total}: {trial.config.get('origin', trial.config.get('run', {}).get('protocol', ''))}"
+                    f" {shown}{ratio}{best}")
+
+        return Progress()
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.trainable_name.split('_')[0]}_{trial.trial_id}"
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    kwargs = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # Workers must import this checkout's packages even when it is not pip-installed.
+        root = str(Path(__file__).resolve().parent.parent)
+        paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+                 include_dashboard=False, **kwargs)
+
+
+def _setup(p: Prepared, scores, baseline: dict):
+    from trainables.common import TrialSetup
+    s = p.cfg.search
+    spec = dataclasses.replace(baseline_spec(p.cfg), epochs=s.epochs, lr=s.lr, schedule=s.schedule)
+    return TrialSetup(model_name=p.cfg.model.name, model_kwargs=p.model_kwargs, data_spec=p.data_spec,
+                      space=p.space, scores=scores, train=spec, seed=p.cfg.seed,
+                      baseline_macs=int(baseline["macs"]), fault_injection=dict(s.fault_injection))
+
+
+def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[dict]:
+    from ray import tune
+
+    import searchers
+    from searchers.adapter import TuneSearcher
+    from trainables.candidate import candidate_trainable
+
+    s = p.cfg.search
+    setup = _setup(p, scores, baseline)
+    state = {k: v.cpu() for k, v in p.model.state_dict().items()}
+    trainable = tune.with_resources(
+        tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
+        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+    storage = p.run_dir / "tune"
+    exp = storage / "search"
+    start = time.perf_counter()
+    progress = _Progress(s.candidates, "candidate")
+    if resume and tune.Tuner.can_restore(str(exp)):
+        say(f"search: resuming {exp}")
+        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=False,
+                                   restart_errored=False, resume_unfinished=True)
+    else:
+        if exp.exists():
+            shutil.rmtree(exp)
+        core = searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
+                               seed=p.cfg.seed, params=dict(s.params or s.abc))
+        search_alg = TuneSearcher(core, metric="val_acc")
+        say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates x "
+            f"{s.epochs} epochs, {s.concurrent} at a time, budget {p.max_macs / 1e6:.3f} M MACs")
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=core.num_candidates,
+                                        max_concurrent_trials=s.concurrent, reuse_actors=True,
+                                        trial_dirname_creator=_trial_dirname,
+                                        trial_name_creator=_trial_dirname),
+            run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
+                                      callbacks=[progress],
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    results = tuner.fit()
+    rows = []
+    for result in results:
+        cfg = result.config or {}
+        m = result.metrics or {}
+        status = "error" if result.error is not None or m.get("status") == "error" else "ok"
+        widths = cfg.get("widths", [])
+        error = str(result.error).splitlines()[-1][:200] if result.error is not None else m.get("error", "")
+        macs = m.get("macs", p.space.macs(widths) if widths else None)
+        rows.append({
+            "trial_id": m.get("trial_id") or Path(result.path).name.split("_")[-1],
+            "searcher": cfg.get("searcher", s.searcher), "origin": cfg.get("origin", ""),
+            "widths": widths, "macs": macs,
+            "params": m.get("params", p.space.params(widths) if widths else None),
+            "macs_ratio": (macs / baseline["macs"]) if macs else None,
+            "val_acc": m.get("val_acc") if status == "ok" else None,
+            "epochs": m.get("epoch", 0), "seconds": round(float(m.get("time_total_s", 0.0)), 2),
+            "status": status, "error": error,
+            "_checkpoint": result.checkpoint.path if (result.checkpoint and status == "ok") else None,
+            "_token": cfg.get("token", 0),
+        })
+    rows.sort(key=lambda r: r["_token"])
+    say(f"search: {len(rows)} candidates in {time.perf_counter() - start:.0f} s "
+        f"({sum(r['status'] != 'ok' for r in rows)} failed)")
+    return rows
+
+
+def pick_winner(rows: list[dict], max_macs: float) -> dict | None:
+    ok = [r for r in rows if r["status"] == "ok" and r["val_acc"] is not None
+          and r["macs"] <= max_macs * (1 + 1e-9)]
+    if not ok:
+        return None
+    # Ties go to the cheaper network.
+    return max(ok, key=lambda r: (r["val_acc"], -r["macs"]))
+
+
+def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
+    f, b = cfg.final, cfg.baseline
+    runs = []
+    if f.finetune_epochs >= 0:
+        runs.append({"protocol": "finetune", "epochs": f.finetune_epochs, "lr": f.finetune_lr,
+                     "schedule": "constant"})
+    base_epochs = b.epochs
+    scratch_lr = f.scratch_lr or b.lr
+    if "E" in f.scratch:
+        runs.append({"protocol": "scratch_e", "epochs": base_epochs, "lr": scratch_lr, "schedule": b.schedule})
+    if "B" in f.scratch:
+        factor = min(baseline["macs"] / max(winner["macs"], 1), f.scratch_b_max_factor)
+        runs.append({"protocol": "scratch_b", "epochs": int(math.ceil(base_epochs * factor)),
+                     "lr": scratch_lr, "schedule": b.schedule})
+    for r in runs:
+        r["widths"] = list(winner["widths"])
+    return runs
+
+
+def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state: dict) -> dict:
+    from ray import tune
+
+    from trainables.final import final_trainable
+
+    done = {}
+    for key in ("finetune", "scratch_e", "scratch_b"):
+        file = p.run_dir / "winner" / key / "metrics.json"
+        if file.is_file():
+            done[key] = json.loads(file.read_text())
+    runs = [r for r in final_runs(p.cfg, baseline, winner) if r["protocol"] not in done]
+    if not runs:
+        return done
+    s = p.cfg.search
+    setup = _setup(p, scores, baseline)
+    state = {k: v.cpu() for k, v in p.model.state_dict().items()}
+    trainable = tune.with_resources(
+        tune.with_parameters(final_trainable, setup=setup, baseline_state=state, winner_state=winner_state),
+        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+    say("final: " + ", ".join(f"{r['protocol']} {r['epochs']} ep" for r in runs) + " in parallel")
+    exp = p.run_dir / "tune" / "final"
+    if exp.exists():
+        shutil.rmtree(exp)
+    tuner = tune.Tuner(
+        trainable, param_space={"run": tune.grid_search(runs)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=len(runs), trial_dirname_creator=_trial_dirname,
+                                    trial_name_creator=_trial_dirname),
+        run_config=tune.RunConfig(name="final", storage_path=str(p.run_dir / "tune"), verbose=0,
+                                  callbacks=[_Progress(len(runs), "final")]))
+    results = tuner.fit()
+    from trainables.common import build_pruned_model
+    for result in results:
+        run = result.config["run"]
+        key = run["protocol"]
+        if result.error is not None:
+            say(f"final: {key} failed: {str(result.error).splitlines()[-1][:200]}")
+            continue
+        m = result.metrics
+        entry = {k: m.get(k) for k in ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")}
+        out = p.run_dir / "winner" / key
+        weights = load_state_dict_file(Path(result.checkpoint.path) / "weights.pt")
+        model = build_pruned_model(setup, None, winner["widths"], inherit=False)
+        model.load_state_dict(weights)
+        save_pruned(model, p.space, winner["widths"], out)
+        report.write_json(entry, out / "metrics.json")
+        done[key] = entry
+    return done
+
+
+def save_winner(p: Prepared, winner: dict, setup_scores) -> dict:
+    """Copy the winning candidate's trained weights to winner/ (arch.json + weights.pt)."""
+    from trainables.common import build_pruned_model
+    state = load_state_dict_file(Path(winner["_checkpoint"]) / "weights.pt")
+    setup = _setup(p, setup_scores, {"macs": p.space.full_macs})
+    model = build_pruned_model(setup, None, winner["widths"], inherit=False)
+    model.load_state_dict(state)
+    save_pruned(model, p.space, winner["widths"], p.run_dir / "winner",
+                extra={"val_acc": winner["val_acc"], "trial_id": winner["trial_id"], "origin": winner["origin"]})
+    return state
+
+
+def _clean_checkpoints(rows: list[dict], winner: dict | None) -> None:
+    for r in rows:
+        if r.get("_checkpoint") and (winner is None or r is not winner):
+            shutil.rmtree(r["_checkpoint"], ignore_errors=True)
+
+
+def run_search(cfg: Config, *, out: str | None = None, config_path: str | None = None,
+               resume: bool = False, address: str | None = None) -> Path:
+    """Run the whole flow; returns the run directory."""
+    run_dir = prepare_run_dir(out, config_path, resume)
+    p = prepare(cfg, run_dir)
+    say(f"run directory: {run_dir}")
+    extra = {"versions": versions(), "split": p.splits.summary(), "device": p.device,
+             "budget_max_macs": p.max_macs}
+    if not (run_dir / "config.yaml").is_file():
+        config_mod.dump(cfg, run_dir / "config.yaml", extra=extra)
+    baseline = stage_baseline(p)
+    scores = stage_scores(p)
+    started = time.perf_counter()
+    init_ray(address)
+    rows = stage_search(p, scores, baseline, resume=resume)
+    search_seconds = time.perf_counter() - started
+    winner = pick_winner(rows, p.max_macs)
+    report.write_candidates(rows, run_dir / "candidates.csv")
+    summary = {
+        "baseline": baseline,
+        "budget": {"max_macs": p.max_macs, "macs_ratio": p.max_macs / baseline["macs"]},
+        "space": {"groups": p.space.names, "full_widths": p.space.full_widths,
+                  "round_to": p.space.round_to, "min_ratio": p.space.min_ratio},
+        "search": {"searcher": cfg.search.searcher, "criterion": cfg.search.criterion,
+                   "evaluated": len(rows), "errors": sum(r["status"] != "ok" for r in rows),
+                   "epochs": cfg.search.epochs, "seconds": round(search_seconds, 1)},
+        "winner": None, "finetune": None, "scratch_e": None, "scratch_b": None,
+        "versions": extra["versions"],
+    }
+    if winner is None:
+        report.write_json(summary, run_dir / "summary.json")
+        report.render(run_dir)
+        raise RuntimeError(f"every candidate failed ({len(rows)} of {len(rows)}); see "
+                           f"{run_dir / 'candidates.csv'} for the errors")
+    summary["winner"] = {k: winner[k] for k in ("trial_id", "origin", "widths", "macs", "params",
+                                                "macs_ratio", "val_acc", "epochs")}
+    summary["winner"]["searcher"] = winner["searcher"]
+    say(f"winner: {winner['origin']} val {100 * winner['val_acc']:.2f}% at "
+        f"{100 * winner['macs_ratio']:.1f}% MACs")
+    winner_state = save_winner(p, winner, scores)
+    _clean_checkpoints(rows, winner)
+    report.write_json(summary, run_dir / "summary.json")
+    summary.update(stage_final(p, scores, baseline, winner, winner_state))
+    report.write_json(summary, run_dir / "summary.json")
+    report.render(run_dir)
+    say(f"done: {run_dir / 'report.md'}")
+    for key in ("finetune", "scratch_e", "scratch_b"):
+        if summary.get(key):
+            say(f"  {key}: test {100 * summary[key]['test_acc']:.2f}% "
+                f"(baseline {100 * baseline['test_acc']:.2f}%)")
+    return run_dir
+
+
+def run_baseline(cfg: Config, *, out: str | None = None, config_path: str | None = None) -> Path:
+    """``structsearch train``: only the baseline stage."""
+    run_dir = prepare_run_dir(out, config_path, resume=False)
+    p = prepare(cfg, run_dir)
+    config_mod.dump(cfg, run_dir / "config.yaml", extra={"split": p.splits.summary()})
+    stage_baseline(p)
+    return run_dir
+
+
+__all__ = ["run_search", "run_baseline", "RunDirError", "prepare", "pick_winner", "final_runs"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `structsearch` command")

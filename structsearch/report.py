@@ -1,0 +1,166 @@
+"""Run-directory artifacts: candidates.csv, summary.json, report.md, pareto.png, widths.png.
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a
+half-written artifact.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+CANDIDATE_COLUMNS = ["trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio",
+                     "val_acc", "epochs", "seconds", "status", "error"]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_candidates(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CANDIDATE_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        row = dict(row)
+        row["widths"] = json.dumps([int(w) for w in row["widths"]])
+        writer.writerow(row)
+    atomic_write(path, buf.getvalue())
+
+
+def read_candidates(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["widths"] = json.loads(row["widths"])
+        for key in ("macs", "params", "epochs"):
+            row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None
+        for key in ("macs_ratio", "val_acc", "seconds"):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else None
+    return rows
+
+
+def write_json(obj, path: Path) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=_jsonable))
+
+
+def _jsonable(obj):
+    try:
+        import numpy as np
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(obj)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _plots(run_dir: Path, rows: list[dict], summary: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ok = [r for r in rows if r["status"] == "ok" and r["val_acc"] is not None]
+    by_searcher: dict[str, list[dict]] = {}
+    for r in ok:
+        by_searcher.setdefault(r["searcher"], []).append(r)
+    for name, rs in sorted(by_searcher.items()):
+        ax.scatter([r["macs"] / 1e6 for r in rs], [100 * r["val_acc"] for r in rs], label=name,
+                   alpha=0.75, s=22)
+    winner = summary.get("winner")
+    if winner:
+        ax.scatter([winner["macs"] / 1e6], [100 * winner["val_acc"]], marker="*", s=220,
+                   color="black", label="winner", zorder=5)
+    budget = summary.get("budget", {}).get("max_macs")
+    if budget:
+        ax.axvline(budget / 1e6, color="red", linestyle="--", linewidth=1, label="budget")
+    ax.set_xlabel("MACs (M)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Candidates: validation accuracy vs MACs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "pareto.png", dpi=110)
+    plt.close(fig)
+
+    if winner:
+        full = summary.get("space", {}).get("full_widths") or []
+        widths = winner["widths"]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(widths) + 2), 4.0))
+        xs = list(range(len(widths)))
+        ax.bar(xs, full, color="#d0d0d0", label="full width")
+        ax.bar(xs, widths, color="#3b75af", label="winner")
+        ax.set_xlabel("prunable group")
+        ax.set_ylabel("channels")
+        ax.set_title("Winner's width per group")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "widths.png", dpi=110)
+        plt.close(fig)
+
+
+def render(run_dir) -> Path:
+    """(Re)write report.md, pareto.png and widths.png from candidates.csv and summary.json."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = read_candidates(run_dir / "candidates.csv")
+    _plots(run_dir, rows, summary)
+    base = summary["baseline"]
+    lines = ["# structsearch report", ""]
+    search = summary.get("search", {})
+    lines += [f"Searcher **{search.get('searcher')}**, criterion **{search.get('criterion')}**, "
+              f"budget {summary['budget']['max_macs'] / 1e6:.3f} M MACs "
+              f"({100 * summary['budget']['macs_ratio']:.1f}% of the baseline); "
+              f"{search.get('evaluated', len(rows))} candidates "
+              f"({search.get('errors', 0)} failed) in {search.get('seconds', 0):.0f} s.", ""]
+    lines += ["| model | val acc % | test acc % | MACs (M) | params (M) | MACs cut % | params cut % | epochs |",
+              "|---|---|---|---|---|---|---|---|"]
+
+    def row(label, entry, macs, params):
+        cut_m = 100 * (1 - macs / base["macs"]) if macs else 0.0
+        cut_p = 100 * (1 - params / base["params"]) if params else 0.0
+        lines.append(f"| {label} | {_pct(entry.get('val_acc'))} | {_pct(entry.get('test_acc'))} | "
+                     f"{macs / 1e6:.3f} | {params / 1e6:.4f} | {cut_m:.1f} | {cut_p:.1f} | "
+                     f"{entry.get('epochs', '-')} |")
+
+    row("baseline", base, base["macs"], base["params"])
+    winner = summary.get("winner")
+    if winner:
+        row(f"winner (search, {search.get('epochs', '?')} ep)", winner, winner["macs"], winner["params"])
+        for key, label in (("finetune", "fine-tune"), ("scratch_e", "Scratch-E"), ("scratch_b", "Scratch-B")):
+            if summary.get(key):
+                row(label, summary[key], winner["macs"], winner["params"])
+        lines += ["", f"Winner: trial `{winner['trial_id']}`, origin `{winner['origin']}`, widths "
+                  f"`{winner['widths']}`.", ""]
+        protocols = {k: summary[k]["test_acc"] for k in ("finetune", "scratch_e", "scratch_b")
+                     if summary.get(k) and summary[k].get("test_acc") is not None}
+        if protocols:
+            best = max(protocols, key=protocols.get)
+            lines += [f"Best protocol on the test split: **{best}** "
+                      f"({100 * protocols[best]:.2f}%; baseline {_pct(base.get('test_acc'))}%).", ""]
+        lines += ["![widths](widths.png)", ""]
+    else:
+        lines += ["", "No winner: every candidate failed (see candidates.csv).", ""]
+    lines += ["![pareto](pareto.png)", "", "## Candidates (best 20 by validation accuracy)", "",
+              "| trial | origin | MACs % | val acc % | status |", "|---|---|---|---|---|"]
+    ranked = sorted(rows, key=lambda r: (r["status"] != "ok", -(r["val_acc"] or 0)))
+    for r in ranked[:20]:
+        lines.append(f"| {r['trial_id']} | {r['origin']} | {_pct(r['macs_ratio'])} | "
+                     f"{_pct(r['val_acc'])} | {r['status']} |")
+    path = run_dir / "report.md"
+    atomic_write(path, "\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,1 @@
+"""Ray Tune trainables: candidate trials and the final scratch-vs-fine-tune stage."""

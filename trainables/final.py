@@ -1,0 +1,55 @@
+"""Final stage (Liu et al., "Rethinking the Value of Network Pruning"): the winner trained by
+``finetune`` (inherit weights, small constant lr), ``scratch_e`` (random init, baseline epochs)
+and ``scratch_b`` (random init, epochs scaled by baseline MACs / pruned MACs), each measured on
+the test split."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+
+import torch
+from ray import tune
+
+from structsearch.train import TrainSpec, evaluate, train
+
+from .common import TrialSetup, build_pruned_model, cpu_threads, device_for_trial, load_splits
+
+WEIGHTS = "weights.pt"
+
+
+def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
+                    winner_state: dict | None) -> None:
+    """``config``: ``protocol``, ``widths``, ``epochs``, ``lr``, ``schedule``."""
+    cpu_threads()
+    config = config.get("run", config)
+    start = time.perf_counter()
+    widths = [int(w) for w in config["widths"]]
+    protocol = config["protocol"]
+    device = device_for_trial()
+    splits = load_splits(setup.data_spec, device)
+    inherit = protocol == "finetune"
+    model = build_pruned_model(setup, baseline_state, widths, inherit=inherit)
+    if inherit and winner_state is not None:
+        model.load_state_dict(winner_state)
+    spec: TrainSpec = dataclasses.replace(setup.train, epochs=int(config["epochs"]), lr=float(config["lr"]),
+                                          schedule=config["schedule"])
+
+    def on_epoch(epoch: int, metrics: dict):
+        if epoch < spec.epochs:
+            tune.report({"protocol": protocol, "epoch": epoch, "val_acc": metrics["val_acc"]})
+
+    result = {}
+    if spec.epochs > 0:
+        result = train(model, splits.train, spec, val_split=splits.val, device=device,
+                       seed=setup.seed + 1, on_epoch=on_epoch)
+    test = evaluate(model, splits.test, device=device)
+    val = evaluate(model, splits.val, device=device)
+    final = {"protocol": protocol, "epoch": spec.epochs, "val_acc": val["top1"],
+             "test_acc": test["top1"], "test_loss": test["loss"], "epochs": spec.epochs,
+             "lr": spec.lr, "seconds": time.perf_counter() - start,
+             "train_loss": result.get("train_loss")}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(tmp, WEIGHTS))
+        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
