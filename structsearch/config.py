@@ -81,7 +81,7 @@ class SearchConfig:
     schedule: str = "cosine"
     concurrent: int = 2
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    params: dict = field(default_factory=dict)  # searcher-specific parameters
+    params: dict = field(default_factory=dict)  # {searcher name: {parameter: value}}
     abc: dict = field(default_factory=dict)
     fault_injection: dict = field(default_factory=dict)  # {raise: p, nan: p}: testing only
 
@@ -220,7 +220,7 @@ def _check(cfg: Config) -> None:
         bad("space.round_to", f"must be >= 1, got {sp.round_to}")
     if not 0 < sp.min_ratio <= 1:
         bad("space.min_ratio", f"must be in (0, 1], got {sp.min_ratio}")
-    if s.searcher not in SEARCHERS:
+    if any(part not in SEARCHERS for part in s.searcher.split("+")):
         close = difflib.get_close_matches(s.searcher, SEARCHERS, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         bad("search.searcher", f"unknown searcher '{s.searcher}'; {hint}choose one of {', '.join(SEARCHERS)}")
@@ -241,6 +241,10 @@ def _check(cfg: Config) -> None:
         bad("final.finetune_epochs", f"must be >= 0, got {f.finetune_epochs}")
     if f.scratch_b_max_factor < 1:
         bad("final.scratch_b_max_factor", f"must be >= 1, got {f.scratch_b_max_factor}")
+    for name, value in (s.params or {}).items():
+        if name not in SEARCHERS or not isinstance(value, dict):
+            bad(f"search.params.{name}", f"expected a mapping of parameters under a searcher name "
+                f"({', '.join(SEARCHERS)})")
     for key, p in (s.fault_injection or {}).items():
         if key not in ("raise", "nan") or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             bad(f"search.fault_injection.{key}", "expected keys 'raise'/'nan' with probabilities in [0, 1]")

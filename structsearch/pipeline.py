@@ -125,7 +125,7 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
         raise ConfigError(f"search.criterion: unknown criterion '{cfg.search.criterion}'; choose "
                           f"one of {', '.join(criteria_mod.names())}")
     import searchers
-    if cfg.search.searcher not in searchers.names():
+    if not searchers.available(cfg.search.searcher):
         raise ConfigError(f"search.searcher: '{cfg.search.searcher}' is not available in this "
                           f"version; choose one of {', '.join(searchers.names())}")
     if cfg.model.checkpoint and not Path(cfg.model.checkpoint).expanduser().is_file():
@@ -303,8 +303,12 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
     else:
         if exp.exists():
             shutil.rmtree(exp)
+        params = {k: dict(v) for k, v in (s.params or {}).items()}
+        if s.abc:
+            params.setdefault("abc", {}).update(s.abc)
+        own = params if "+" in s.searcher else params.get(s.searcher, {})
         core = searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
-                               seed=p.cfg.seed, params=dict(s.params or s.abc))
+                               seed=p.cfg.seed, params=own)
         search_alg = TuneSearcher(core, metric="val_acc")
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates x "
             f"{s.epochs} epochs, {s.concurrent} at a time, budget {p.max_macs / 1e6:.3f} M MACs")

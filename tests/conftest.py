@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing when Ray workers run beside the test process.
+torch.set_num_threads(2)
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for every test that needs it."""
+    from structsearch.pipeline import init_ray
+    import ray
+
+    init_ray(None)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from structsearch import config as C
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_config_loads_with_types():
+    cfg = C.load(ROOT / "configs" / "demo.yaml")
+    assert cfg.model.name == "small_cnn"
+    assert cfg.budget.macs_ratio == 0.5
+    assert cfg.search.resources.cpu == 1.0
+    assert isinstance(cfg.final.scratch, tuple) and set(cfg.final.scratch) == {"E", "B"}
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = C.load(ROOT / "configs" / "demo.yaml",
+                 ["search.searcher=uniform", "budget.macs_ratio=0.3", "space.ignore=[features.0]"])
+    assert cfg.search.searcher == "uniform"
+    assert cfg.budget.macs_ratio == pytest.approx(0.3)
+    assert cfg.space.ignore == ("features.0",)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"budget": {"macs_ratio": 0.5}, "serch": {}}, "did you mean 'search'"),
+    ({"budget": {"macs_ratio": 0.5}, "search": {"candidtes": 3}}, "search.candidtes"),
+    ({"budget": {"macs_ratio": "half"}}, "budget.macs_ratio"),
+    ({"budget": {"macs_ratio": 1.5}}, "(0, 1]"),
+    ({"budget": {}}, "budget"),
+    ({"budget": {"macs_ratio": 0.5}, "search": {"searcher": "abcd"}}, "did you mean 'abc'"),
+    ({"budget": {"macs_ratio": 0.5}, "search": {"epochs": 0}}, "search.epochs"),
+    ({"budget": {"macs_ratio": 0.5}, "data": {"val_fraction": 1.0}}, "data.val_fraction"),
+    ({"budget": {"macs_ratio": 0.5}, "final": {"scratch": ["C"]}}, "final.scratch"),
+    ({"budget": {"macs_ratio": 0.5}, "seed": True}, "seed"),
+])
+def test_bad_configs_name_the_key(data, fragment):
+    with pytest.raises(C.ConfigError) as info:
+        C.from_dict(data)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("seed: 0\nbudget: {macs_ratio: 0.5\n")
+    with pytest.raises(C.ConfigError, match="line"):
+        C.load(f)
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = C.load(ROOT / "configs" / "demo.yaml")
+    C.dump(cfg, tmp_path / "c.yaml", extra={"versions": {"torch": "x"}})
+    data = C.read_yaml(tmp_path / "c.yaml")
+    data.pop("_resolved")
+    assert C.from_dict(data) == cfg

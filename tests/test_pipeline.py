@@ -1,0 +1,114 @@
+"""End-to-end mini search on scikit-learn's digits with real Ray Tune trials (CPU)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from structsearch import config as C
+from structsearch import data as D
+from structsearch import load_pruned
+from structsearch.report import CANDIDATE_COLUMNS, read_candidates
+from structsearch.train import evaluate
+
+MINI = {
+    "seed": 0,
+    "model": {"name": "small_cnn"},
+    "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+    "baseline": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
+    "budget": {"macs_ratio": 0.5},
+    "search": {"searcher": "random+uniform", "candidates": 4, "epochs": 1, "lr": 0.02,
+               "concurrent": 2, "resources": {"cpu": 1, "gpu": 0}},
+    "final": {"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E", "B"]},
+}
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory, ray_local):
+    from structsearch.pipeline import run_search
+
+    out = tmp_path_factory.mktemp("run") / "mini"
+    cfg = C.from_dict(MINI)
+    return cfg, run_search(cfg, out=str(out))
+
+
+def test_run_directory_contract(mini_run):
+    _, run = mini_run
+    for name in ["config.yaml", "baseline/metrics.json", "baseline/weights.pt", "candidates.csv",
+                 "winner/arch.json", "winner/weights.pt", "summary.json", "report.md", "pareto.png",
+                 "widths.png", "winner/finetune/arch.json", "winner/scratch_e/weights.pt",
+                 "winner/scratch_b/metrics.json"]:
+        assert (run / name).is_file(), name
+    assert (run / "tune" / "search").is_dir()
+    assert any((run / "tune" / "search").rglob("events.out.tfevents*")), "TensorBoard events per trial"
+    header = (run / "candidates.csv").read_text().splitlines()[0].split(",")
+    assert header[:11] == CANDIDATE_COLUMNS[:11]
+
+
+def test_candidates_within_budget_and_counted(mini_run):
+    cfg, run = mini_run
+    rows = read_candidates(run / "candidates.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    trials = [d for d in (run / "tune" / "search").iterdir() if d.is_dir()]
+    assert len(rows) == len(trials) >= 4
+    budget = summary["budget"]["max_macs"]
+    assert budget == pytest.approx(0.5 * summary["baseline"]["macs"])
+    for r in rows:
+        assert r["status"] == "ok"
+        assert r["macs"] <= budget
+        assert 0.0 <= r["val_acc"] <= 1.0
+    assert {r["origin"] for r in rows} == {"random", "uniform"}
+    best = max(r["val_acc"] for r in rows)
+    assert summary["winner"]["val_acc"] == pytest.approx(best)
+
+
+def test_winner_reloads_and_reproduces_accuracy(mini_run):
+    cfg, run = mini_run
+    summary = json.loads((run / "summary.json").read_text())
+    model = load_pruned(run / "winner")
+    splits = D.load(D.DataSpec(name="digits", val_fraction=0.2, seed=0))
+    acc = evaluate(model, splits.val)["top1"]
+    assert acc == pytest.approx(summary["winner"]["val_acc"], abs=1e-6)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == summary["winner"]["params"] < summary["baseline"]["params"]
+
+
+def test_final_stage_reports_all_protocols(mini_run):
+    cfg, run = mini_run
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("finetune", "scratch_e", "scratch_b"):
+        entry = summary[key]
+        assert 0.1 < entry["test_acc"] <= 1.0, key  # above chance on 10 classes
+    assert summary["scratch_e"]["epochs"] == 3
+    ratio = summary["baseline"]["macs"] / summary["winner"]["macs"]
+    assert summary["scratch_b"]["epochs"] == int(np.ceil(3 * min(ratio, 2.0)))
+    report = (run / "report.md").read_text()
+    for word in ("baseline", "fine-tune", "Scratch-E", "Scratch-B", "pareto.png", "widths.png"):
+        assert word in report
+
+
+def test_report_and_export_commands(mini_run, tmp_path):
+    _, run = mini_run
+    (run / "report.md").unlink()
+    res = subprocess.run([sys.executable, "-m", "structsearch.cli", "report", str(run)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (run / "report.md").is_file()
+    out = tmp_path / "model.pt"
+    res = subprocess.run([sys.executable, "-m", "structsearch.cli", "export", str(run), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    scripted = torch.jit.load(str(out))
+    reference = load_pruned(run / "winner" / "finetune").eval()
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.allclose(scripted(x), reference(x), atol=1e-5)
+
+
+def test_refuses_non_empty_run_dir(mini_run):
+    from structsearch.pipeline import RunDirError, prepare_run_dir
+
+    _, run = mini_run
+    with pytest.raises(RunDirError, match="--resume"):
+        prepare_run_dir(str(run), None, resume=False)

@@ -1,0 +1,124 @@
+"""One contract over every searcher, against a synthetic objective on a real WidthSpace (no Ray)."""
+import numpy as np
+import pytest
+
+import searchers
+from searchers import FINISHED, Proposal
+from structsearch import models
+from structsearch.space import WidthSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return WidthSpace.from_model(models.build("cifar_resnet20"), (3, 32, 32), round_to=2)
+
+
+def objective(space, widths):
+    """Smooth synthetic fitness: prefers wide early layers, in [0, 1]."""
+    w = np.asarray(widths) / np.asarray(space.full_widths)
+    weights = np.linspace(2.0, 0.5, len(w))
+    return float((weights * np.sqrt(w)).sum() / weights.sum())
+
+
+NAMES = ["random", "uniform", "random+uniform"]
+
+
+def drive(core, space, n_max=200, fail_every=0):
+    """Run the ask/tell loop sequentially; returns the proposals in order."""
+    out = []
+    for i in range(n_max):
+        p = core.ask()
+        if p == FINISHED:
+            break
+        assert p is not None, "a sequential driver always has results in, so None means a stall"
+        out.append(p)
+        fitness = None if fail_every and i % fail_every == 0 else objective(space, p.widths)
+        core.tell(p.token, fitness)
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_proposals_feasible_and_on_grid(space, name):
+    budget = 0.5 * space.full_macs
+    core = searchers.build(name, space, max_macs=budget, num_candidates=12, seed=3)
+    props = drive(core, space)
+    assert 1 <= len(props) <= 12
+    for p in props:
+        assert isinstance(p, Proposal) and p.origin
+        w = space.validate(p.widths)  # raises if off grid or out of bounds
+        assert space.macs(w) <= budget
+    assert core.ask() == FINISHED
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_proposals(space, name):
+    budget = 0.4 * space.full_macs
+    a = [p.widths for p in drive(searchers.build(name, space, max_macs=budget, num_candidates=8, seed=1), space)]
+    b = [p.widths for p in drive(searchers.build(name, space, max_macs=budget, num_candidates=8, seed=1), space)]
+    assert a == b
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_restore_continues_identically(space, name):
+    budget = 0.5 * space.full_macs
+    ref = searchers.build(name, space, max_macs=budget, num_candidates=10, seed=7)
+    first = drive(ref, space, n_max=4)
+    state = ref.state()
+    rest_ref = [p.widths for p in drive(ref, space)]
+    clone = searchers.build(name, space, max_macs=budget, num_candidates=10, seed=99)
+    clone.load_state(state)
+    rest_clone = [p.widths for p in drive(clone, space)]
+    assert len(first) == 4
+    assert rest_clone == rest_ref
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failed_candidates_count_as_worst(space, name):
+    core = searchers.build(name, space, max_macs=0.5 * space.full_macs, num_candidates=6, seed=0)
+    drive(core, space, fail_every=2)
+    fits = [f for _, f, _ in core.history]
+    assert fits.count(searchers.WORST) == sum(1 for i in range(len(fits)) if i % 2 == 0)
+    best = core.best
+    assert best is not None and best[1] > searchers.WORST
+
+
+def test_random_draws_spend_the_budget(space):
+    budget = 0.5 * space.full_macs
+    core = searchers.build("random", space, max_macs=budget, num_candidates=20, seed=0)
+    macs = [space.macs(p.widths) for p in drive(core, space)]
+    assert min(macs) >= 0.8 * budget and max(macs) <= budget
+    assert len(set(macs)) > 10
+
+
+def test_uniform_sweep_is_monotone_and_below_budget(space):
+    budget = 0.5 * space.full_macs
+    props = drive(searchers.build("uniform", space, max_macs=budget, num_candidates=6, seed=0), space)
+    macs = [space.macs(p.widths) for p in props]
+    assert macs == sorted(macs, reverse=True)
+    assert macs[0] <= budget and macs[0] >= 0.85 * budget
+
+
+def test_ray_adapter_suggest_and_complete(space):
+    from ray.tune.search import Searcher
+    from searchers.adapter import TuneSearcher
+
+    core = searchers.build("uniform", space, max_macs=0.5 * space.full_macs, num_candidates=2, seed=0)
+    adapter = TuneSearcher(core)
+    c1, c2 = adapter.suggest("t1"), adapter.suggest("t2")
+    assert c1["searcher"] == "uniform" and len(c1["widths"]) == len(space)
+    assert adapter.suggest("t3") == Searcher.FINISHED
+    adapter.on_trial_complete("t1", {"val_acc": 0.5, "status": "ok"})
+    adapter.on_trial_complete("t2", None, error=True)
+    assert [f for _, f, _ in core.history] == [0.5, searchers.WORST]
+
+
+def test_adapter_save_restore(tmp_path, space):
+    from searchers.adapter import TuneSearcher
+
+    a = TuneSearcher(searchers.build("random", space, max_macs=0.5 * space.full_macs, num_candidates=6, seed=0))
+    a.suggest("t1")
+    a.save(str(tmp_path / "s.pkl"))
+    expected = a.suggest("t2")
+    b = TuneSearcher(searchers.build("random", space, max_macs=0.5 * space.full_macs, num_candidates=6, seed=5))
+    b.restore(str(tmp_path / "s.pkl"))
+    assert b.suggest("t2")["widths"] == expected["widths"]
