@@ -149,6 +149,23 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
     return Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device)
 
 
+def check_resources(cfg: Config, address: str | None) -> None:
+    """Per-trial resources a local machine cannot give (a cluster is checked by Ray itself)."""
+    if address:
+        return
+    r = cfg.search.resources
+    cpus = os.cpu_count() or 1
+    if r.cpu > cpus:
+        raise ConfigError(f"search.resources.cpu: {r.cpu:g} CPUs per trial but this machine has "
+                          f"{cpus}; lower it or join a cluster with --address")
+    gpus = torch.cuda.device_count()
+    if r.gpu > gpus:
+        raise ConfigError(f"search.resources.gpu: {r.gpu:g} GPUs per trial but this machine has "
+                          f"{gpus}; set search.resources.gpu: 0 or join a cluster with --address")
+
+
+
+
 def versions() -> dict:
     import ray
     return {"structsearch": __version__, "torch": torch.__version__, "ray": ray.__version__,
@@ -448,6 +465,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
                resume: bool = False, address: str | None = None) -> Path:
     """Run the whole flow; returns the run directory."""
     run_dir = prepare_run_dir(out, config_path, resume)
+    check_resources(cfg, address)
     p = prepare(cfg, run_dir)
     say(f"run directory: {run_dir}")
     extra = {"versions": versions(), "split": p.splits.summary(), "device": p.device,

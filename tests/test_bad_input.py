@@ -1,0 +1,188 @@
+"""Malformed configs and files through the real CLI, each in its own subprocess: exit code 2, one
+line on stderr naming the problem, no traceback, and Ray never imported (so never started)."""
+import copy
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+BASE = {
+    "seed": 0,
+    "model": {"name": "small_cnn"},
+    "data": {"name": "digits", "val_fraction": 0.2, "batch_size": 64},
+    "baseline": {"epochs": 1, "lr": 0.05},
+    "budget": {"macs_ratio": 0.5},
+    "search": {"searcher": "random", "candidates": 2, "epochs": 1},
+}
+
+PROBE = ("import sys; from structsearch.cli import main; rc = main(sys.argv[1:]); "
+         "print('RAY_IMPORTED' if 'ray' in sys.modules else 'RAY_ABSENT'); sys.exit(rc)")
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def patched(**sections):
+    cfg = copy.deepcopy(BASE)
+    for dotted, value in sections.items():
+        node = cfg
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is DELETE:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return cfg
+
+
+DELETE = object()
+
+# (case id, config mapping, extra CLI args, words the message must contain)
+CASES = [
+    ("unknown-top-key", patched(serch={}), [], ["serch", "did you mean"]),
+    ("unknown-nested-key", patched(search__candidtes=3), [], ["search.candidtes", "candidates"]),
+    ("wrong-type-int", patched(search__candidates="many"), [], ["search.candidates", "int"]),
+    ("bool-for-int", patched(seed=True), [], ["seed"]),
+    ("wrong-type-section", patched(model="small_cnn"), [], ["model", "mapping"]),
+    ("budget-missing", patched(budget=DELETE), [], ["budget"]),
+    ("budget-two-keys", patched(budget={"macs_ratio": 0.5, "macs": 1e6}), [], ["budget", "only one"]),
+    ("ratio-above-one", patched(budget={"macs_ratio": 1.5}), [], ["budget.macs_ratio"]),
+    ("ratio-zero", patched(budget={"macs_ratio": 0}), [], ["budget.macs_ratio"]),
+    ("budget-above-baseline", patched(budget={"macs": 1e12}), [], ["budget.macs", "above"]),
+    ("budget-below-floor", patched(budget={"macs_ratio": 0.001}), [], ["smallest", "min_ratio"]),
+    ("params-budget", patched(budget={"params": 1000}), [], ["budget.params"]),
+    ("unknown-model", patched(model={"name": "resnet9000"}), [], ["model.name", "resnet9000"]),
+    ("bad-model-kwarg", patched(model={"name": "small_cnn", "kwargs": {"depthh": 3}}), [], ["model.kwargs"]),
+    ("class-mismatch", patched(model={"name": "small_cnn", "num_classes": 7}), [], ["num_classes"]),
+    ("unknown-dataset", patched(data={"name": "svhn"}), [], ["data.name", "svhn"]),
+    ("missing-cifar", patched(data={"name": "cifar10", "root": "/nonexistent/cifar"}), [], ["/nonexistent/cifar", "download"]),
+    ("unknown-criterion", patched(search__criterion="l3"), [], ["search.criterion", "l1"]),
+    ("unknown-searcher", patched(search__searcher="genetic"), [], ["search.searcher", "genetic"]),
+    ("unknown-searcher-part", patched(search__searcher="random+bees"), [], ["search.searcher"]),
+    ("val-fraction", patched(data__val_fraction=1.5), [], ["data.val_fraction"]),
+    ("batch-size", patched(data__batch_size=0), [], ["data.batch_size"]),
+    ("round-to", patched(space={"round_to": 0}), [], ["space.round_to"]),
+    ("min-ratio", patched(space={"min_ratio": 0}), [], ["space.min_ratio"]),
+    ("ignore-everything", patched(space={"ignore": ["*"]}), [], ["no searchable"]),
+    ("concurrent", patched(search__concurrent=0), [], ["search.concurrent"]),
+    ("scratch-kind", patched(final={"scratch": ["C"]}), [], ["final.scratch"]),
+    ("schedule", patched(baseline__schedule="linear"), [], ["baseline.schedule", "cosine"]),
+    ("too-many-gpus", patched(search__resources={"cpu": 1, "gpu": 64}), [], ["search.resources.gpu"]),
+    ("too-many-cpus", patched(search__resources={"cpu": 4096, "gpu": 0}), [], ["search.resources.cpu"]),
+    ("fault-key", patched(search__fault_injection={"explode": 0.5}), [], ["fault_injection"]),
+    ("params-section", patched(search__params={"bees": {}}), [], ["search.params.bees"]),
+    ("set-without-equals", BASE, ["--set", "seed"], ["--set", "key=value"]),
+    ("set-into-scalar", BASE, ["--set", "seed.x=1"], ["seed", "not a section"]),
+    ("set-bad-value", BASE, ["--set", "search.epochs=two"], ["search.epochs"]),
+]
+
+
+@pytest.mark.parametrize("case, cfg, extra, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_config(tmp_path, case, cfg, extra, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    res = cli("search", path, "--out", out, *extra)
+    assert_clean_failure(res, words)
+    assert not out.exists(), "bad input must not create the run directory"
+
+
+def assert_clean_failure(res, words):
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("structsearch: error: ")
+    assert "Traceback" not in res.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "RAY_ABSENT" in res.stdout
+
+
+def test_missing_config_file(tmp_path):
+    assert_clean_failure(cli("search", tmp_path / "nope.yaml"), ["not found", "nope.yaml"])
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 0\nbudget: {macs_ratio: 0.5\n")
+    assert_clean_failure(cli("search", path), ["malformed YAML", "line"])
+
+
+def test_yaml_top_level_list(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- 1\n- 2\n")
+    assert_clean_failure(cli("search", path), ["top level"])
+
+
+def test_yaml_python_tag_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
+    assert_clean_failure(cli("search", path), ["YAML"])
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("kind", ["pickled-code", "truncated", "wrong-shapes", "missing"])
+def test_bad_checkpoints(tmp_path, kind):
+    ckpt = tmp_path / "base.pt"
+    if kind == "pickled-code":
+        torch.save({"w": Payload()}, ckpt)
+        words = ["pickled code"]
+    elif kind == "truncated":
+        from structsearch import models
+        torch.save(models.build("small_cnn", num_classes=10, in_channels=1).state_dict(), ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:300])
+        words = ["truncated or corrupt"]
+    elif kind == "wrong-shapes":
+        from structsearch import models
+        torch.save(models.build("small_cnn", num_classes=10, in_channels=3).state_dict(), ckpt)
+        words = ["does not match", "shape"]
+    else:
+        words = ["model.checkpoint", "not found"]
+    cfg = patched(model={"name": "small_cnn", "checkpoint": str(ckpt)})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = cli("search", path, "--out", tmp_path / "run")
+    assert_clean_failure(res, words)
+    assert "code ran" not in res.stdout
+
+
+def test_non_empty_run_dir_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "candidates.csv").write_text("precious finished work\n")
+    assert_clean_failure(cli("search", path, "--out", out), ["not empty", "--resume"])
+    assert (out / "candidates.csv").read_text() == "precious finished work\n"
+
+
+def test_resume_missing_dir(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert_clean_failure(cli("search", path, "--out", tmp_path / "nothing", "--resume"), ["does not exist"])
+
+
+def test_report_without_summary(tmp_path):
+    assert_clean_failure(cli("report", tmp_path), ["summary.json"])
+
+
+def test_export_without_winner(tmp_path):
+    assert_clean_failure(cli("export", tmp_path), ["arch.json"])
+
+
+def test_inspect_unknown_model():
+    assert_clean_failure(cli("inspect", "resnet9000"), ["resnet9000"])
+
+
+def test_debug_flag_shows_traceback(tmp_path):
+    res = cli("--debug", "search", tmp_path / "nope.yaml")
+    assert res.returncode == 2 and "Traceback" in res.stderr
