@@ -1,11 +1,13 @@
 """Width-vector searchers: numpy ask/tell cores plus one Ray Tune adapter (``adapter.py``)."""
 from __future__ import annotations
 
+from .artificial_bee_colony import ArtificialBeeColony
 from .core import FINISHED, WORST, Proposal, SearchCore
 from .random_search import RandomSearch
 from .uniform import UniformSweep, max_uniform_ratio
 
 _REGISTRY = {
+    "abc": ArtificialBeeColony,
     "random": RandomSearch,
     "uniform": UniformSweep,
 }
@@ -37,5 +39,5 @@ def build(name: str, space, *, max_macs: float, num_candidates: int, seed: int =
                            **(params or {}))
 
 
-__all__ = ["FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
+__all__ = ["ArtificialBeeColony", "FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
            "max_uniform_ratio", "names", "build"]

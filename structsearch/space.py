@@ -371,13 +371,15 @@ class WidthSpace:
         """Return ``widths`` as an int array or raise :class:`WidthError` saying what is wrong."""
         try:
             w = np.asarray(widths)
+            as_float = w.astype(np.float64)
         except Exception:  # noqa: BLE001 - anything unparsable is a width error
             raise WidthError(f"widths must be a list of {len(self.groups)} integers") from None
         if w.ndim != 1 or len(w) != len(self.groups):
             raise WidthError(f"widths has {w.size} entries but the space has {len(self.groups)} "
                              f"groups; run `structsearch inspect` to list them")
-        if not np.all(np.isfinite(w.astype(float))) or not np.all(np.mod(w.astype(float), 1) == 0):
-            raise WidthError("widths must be integers")
+        bad = np.nonzero(~np.isfinite(as_float) | (np.mod(as_float, 1) != 0))[0]
+        if len(bad):
+            raise WidthError(f"widths must be integers; entry {bad[0]} is {w[bad[0]]}")
         w = w.astype(np.int64)
         for i, (grid, value) in enumerate(zip(self._grids, w)):
             if value < grid[0] or value > grid[-1]:
@@ -395,21 +397,45 @@ class WidthSpace:
         if macs_range is None:
             return self._draw(rng, n)
         lo, hi = macs_range
+        lo = 0 if lo is None else lo
+        hi = self.full_macs if hi is None else hi
         if hi < self.min_macs:
             raise WidthError(f"MACs upper bound {hi:.4g} is below the smallest network "
                              f"({self.min_macs:.4g} MACs)")
+        if lo > min(hi, self.full_macs):
+            raise WidthError(f"MACs range [{lo:.4g}, {hi:.4g}] is empty or above the full network "
+                             f"({self.full_macs:.4g} MACs)")
         for _ in range(200):
             draws = self._draw(rng, max(n, 16))
             macs = self.macs(draws)
             for w, m in zip(draws, macs):
+                if m < lo:
+                    w, m = self._grow(rng, w, lo)
                 if m > hi:
                     w = self.project(w, hi)
                     m = self.macs(w)
-                if lo is None or m >= lo:
+                if m >= lo:
                     out.append(w)
                     if len(out) == n:
                         return np.stack(out)
         raise WidthError(f"could not sample widths with MACs in [{lo:.4g}, {hi:.4g}]; widen the range")
+
+    def _grow(self, rng: np.random.Generator, widths: np.ndarray, lo: float):
+        """Widen random groups by random grid steps until the MACs reach ``lo`` (a uniform draw
+        rarely lands near a budget close to the full network)."""
+        w = np.array(widths, dtype=np.int64)
+        pos = np.array([np.searchsorted(grid, v) for grid, v in zip(self._grids, w)])
+        tops = np.array([len(grid) - 1 for grid in self._grids])
+        m = self.macs(w)
+        while m < lo:
+            open_groups = np.nonzero(pos < tops)[0]
+            if len(open_groups) == 0:
+                break
+            g = int(rng.choice(open_groups))
+            pos[g] = int(rng.integers(pos[g] + 1, tops[g] + 1))
+            w[g] = self._grids[g][pos[g]]
+            m = self.macs(w)
+        return w, m
 
     def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         cols = [grid[rng.integers(0, len(grid), size=n)] for grid in self._grids]
@@ -436,6 +462,14 @@ class WidthSpace:
             lowered = np.array([self._grids[i][pos[i] - 1] for i in movable])
             trial[np.arange(len(movable)), movable] = lowered
             saved = current - self.macs(trial)
+            fits = np.nonzero(saved >= excess)[0]
+            if len(fits):
+                # One step suffices: take the one that lands closest under the budget, so the
+                # repaired vector keeps as much of the budget as a single step allows.
+                best = int(fits[np.argmin(saved[fits])])
+                w = w.copy()
+                w[movable[best]] = lowered[best]
+                return w
             per_channel = saved / (w[movable] - lowered)
             best = int(np.argmax(per_channel))
             i = movable[best]

@@ -20,7 +20,7 @@ def objective(space, widths):
     return float((weights * np.sqrt(w)).sum() / weights.sum())
 
 
-NAMES = ["random", "uniform", "random+uniform"]
+NAMES = ["random", "uniform", "abc", "random+uniform", "abc+uniform"]
 
 
 def drive(core, space, n_max=200, fail_every=0):

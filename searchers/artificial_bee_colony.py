@@ -1,0 +1,227 @@
+"""Artificial bee colony over width vectors (Lin et al., "Channel Pruning via Automatic Structure
+Search", ABCPruner, IJCAI 2020).
+
+Food sources are width vectors, stored as one level index per group. ``encoding="code"`` uses
+ABCPruner's space (level k in 1..max_preserve keeps ceil(c * k / 10) channels);
+``encoding="grid"`` searches the space's own width grid. Each phase's candidates are independent,
+so a phase is suggested as one batch of parallel trials and the next phase waits for all of them
+(``ask`` returns None meanwhile).
+
+Departures from the official code, all deliberate: every dimension and every level can be
+chosen (the official code never mutates the last dimension or picks the top level); every
+candidate is projected into the MACs budget; a width vector already evaluated reuses its fitness
+instead of training again; fitness is validation accuracy; initial sources can be seeded.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .core import FINISHED, WORST, Proposal, SearchCore
+
+
+class ArtificialBeeColony(SearchCore):
+    name = "abc"
+
+    def __init__(self, space, *, max_macs, num_candidates, seed=0, food_number: int = 10,
+                 food_limit: int = 5, honeychange_num: int = 2, max_cycle: int = 10,
+                 max_preserve: int = 9, encoding: str = "code", initial: list | None = None,
+                 init_fraction: float = 0.8):
+        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+        if encoding not in ("code", "grid"):
+            raise ValueError("abc.encoding must be 'code' or 'grid'")
+        if food_number < 2:
+            raise ValueError("abc.food_number must be >= 2 (a neighbour needs another source)")
+        if not 1 <= max_preserve <= 10:
+            raise ValueError("abc.max_preserve must be in 1..10 (tenths of the full width)")
+        self.food_number = int(food_number)
+        self.init_fraction = float(init_fraction)
+        self.food_limit = int(food_limit)
+        self.honeychange_num = max(1, min(int(honeychange_num), len(space)))
+        self.max_cycle = int(max_cycle)
+        self.levels = self._levels(space, encoding, max_preserve)
+        self.sources = np.zeros((self.food_number, len(space)), dtype=np.int64)
+        self.fitness = np.full(self.food_number, WORST)
+        self.trail = np.zeros(self.food_number, dtype=np.int64)
+        self.best_pos: np.ndarray | None = None
+        self.best_fit = WORST
+        self.known: dict[tuple[int, ...], float] = {}
+        self.cycle = 0
+        self.phase = "init"
+        self.queue: list[dict] = []
+        self.inflight: dict[tuple[int, ...], list[dict]] = {}
+        self.tokens: dict[int, tuple[int, ...]] = {}
+        self.done_moves: list[dict] = []
+        self.phase_log: list[tuple[int, str, int]] = []  # (cycle, phase, moves) for inspection
+        self._start_init(initial or [])
+
+    # ------------------------------------------------------------------ encoding
+    @staticmethod
+    def _levels(space, encoding, max_preserve) -> list[np.ndarray]:
+        levels = []
+        for i, group in enumerate(space.groups):
+            grid = space.grid(i)
+            if encoding == "grid":
+                levels.append(grid.copy())
+                continue
+            wanted = [math.ceil(group.width * k / 10) for k in range(1, max_preserve + 1)]
+            # Snap down onto the space's grid (never above the code's width), floor included.
+            snapped = {int(grid[max(0, np.searchsorted(grid, w, side="right") - 1)]) for w in wanted}
+            levels.append(np.array(sorted(snapped), dtype=np.int64))
+        return levels
+
+    def widths_of(self, pos) -> tuple[int, ...]:
+        return tuple(int(self.levels[g][p]) for g, p in enumerate(pos))
+
+    def _pos_of(self, widths) -> np.ndarray:
+        # The highest level not above each width, so MACs never grow.
+        return np.array([max(0, np.searchsorted(lv, w, side="right") - 1)
+                         for lv, w in zip(self.levels, widths)], dtype=np.int64)
+
+    def _repair(self, pos) -> np.ndarray:
+        widths = self.widths_of(pos)
+        if self.space.macs(widths) <= self.max_macs:
+            return np.asarray(pos, dtype=np.int64)
+        return self._pos_of(self.space.project(widths, self.max_macs))
+
+    def _random_pos(self) -> np.ndarray:
+        # Random sources spend most of the budget (as random search's do): a source far below
+        # the budget starts the colony with needlessly weak candidates.
+        lo = max(self.init_fraction * self.max_macs, self.space.min_macs)
+        widths = self.space.sample(self.rng, 1, (lo, self.max_macs))[0]
+        return self._repair(self._pos_of(widths))
+
+    def _neighbour(self, i: int) -> np.ndarray:
+        """``x_ij + U(-1, 1) * (x_ij - x_kj)`` on ``honeychange_num`` random dimensions."""
+        k = int(self.rng.choice([s for s in range(self.food_number) if s != i]))
+        pos = self.sources[i].copy()
+        dims = self.rng.choice(len(self.levels), size=self.honeychange_num, replace=False)
+        for j in dims:
+            step = self.rng.uniform(-1.0, 1.0) * (pos[j] - self.sources[k][j])
+            value = int(round(pos[j] + step))
+            pos[j] = min(max(value, 0), len(self.levels[j]) - 1)
+        return self._repair(pos)
+
+    # ------------------------------------------------------------------ phases
+    def _start_init(self, initial) -> None:
+        moves = []
+        for i in range(self.food_number):
+            if i < len(initial):
+                item = initial[i]
+                widths = item["widths"] if isinstance(item, dict) else item
+                origin = f"seed:{item.get('origin', 'given')}" if isinstance(item, dict) else "seed:given"
+                pos = self._repair(self._pos_of(self.space.snap(widths)))
+            else:
+                pos, origin = self._random_pos(), "abc:init"
+            moves.append({"kind": "init", "source": i, "pos": pos, "origin": origin})
+        self._set_phase("init", moves)
+
+    def _set_phase(self, phase: str, moves: list[dict]) -> None:
+        self.phase = phase
+        self.queue = moves
+        self.done_moves = []
+        self.phase_log.append((self.cycle, phase, len(moves)))
+
+    def _start_employed(self) -> None:
+        self._set_phase("employed", [{"kind": "employed", "source": i, "pos": self._neighbour(i),
+                                      "origin": "abc:employed"} for i in range(self.food_number)])
+
+    def _start_onlooker(self) -> None:
+        fit = np.where(np.isfinite(self.fitness), self.fitness, 0.0)
+        top = fit.max()
+        prob = 0.9 * fit / top + 0.1 if top > 0 else np.full(self.food_number, 1.0)
+        chosen, i = [], 0
+        # Visit sources in turn, each accepted with its probability, until food_number moves.
+        while len(chosen) < self.food_number:
+            if self.rng.random() < prob[i]:
+                chosen.append(i)
+            i = (i + 1) % self.food_number
+        self._set_phase("onlooker", [{"kind": "onlooker", "source": s, "pos": self._neighbour(s),
+                                      "origin": "abc:onlooker"} for s in chosen])
+
+    def _start_scout(self) -> bool:
+        i = int(np.argmax(self.trail))
+        if self.trail[i] < self.food_limit:
+            return False
+        self._set_phase("scout", [{"kind": "scout", "source": i, "pos": self._random_pos(),
+                                   "origin": "abc:scout"}])
+        return True
+
+    def _apply(self, move: dict) -> None:
+        i, value = move["source"], move["fitness"]
+        if value > self.best_fit or self.best_pos is None:
+            self.best_fit, self.best_pos = value, move["pos"].copy()
+        if move["kind"] in ("init", "scout"):
+            self.sources[i], self.fitness[i], self.trail[i] = move["pos"], value, 0
+        elif value > self.fitness[i]:
+            self.sources[i], self.fitness[i], self.trail[i] = move["pos"], value, 0
+        else:
+            self.trail[i] += 1
+
+    def _advance(self) -> bool:
+        """Apply the finished phase (greedy steps in order) and start the next; False at the end."""
+        for move in self.done_moves:
+            self._apply(move)
+        if self.phase in ("init", "scout"):
+            if self.phase == "scout":
+                self.cycle += 1
+            if self.cycle >= self.max_cycle:
+                self.phase = "done"
+                return False
+            self._start_employed()
+        elif self.phase == "employed":
+            self._start_onlooker()
+        elif self.phase == "onlooker":
+            if not self._start_scout():
+                self.cycle += 1
+                if self.cycle >= self.max_cycle:
+                    self.phase = "done"
+                    return False
+                self._start_employed()
+        return True
+
+    # ------------------------------------------------------------------ protocol
+    def ask(self):
+        while True:
+            if self.phase == "done":
+                return FINISHED
+            if self.queue:
+                move = self.queue.pop(0)
+                widths = self.widths_of(move["pos"])
+                if widths in self.known:
+                    move["fitness"] = self.known[widths]
+                    self.done_moves.append(move)
+                    continue
+                if widths in self.inflight:
+                    self.inflight[widths].append(move)
+                    continue
+                if self.asked >= self.num_candidates:
+                    return FINISHED
+                token = self.asked
+                self.asked += 1
+                self.inflight[widths] = [move]
+                self.tokens[token] = widths
+                self.pending[token] = (widths, move["origin"])
+                return Proposal(token, widths, move["origin"])
+            if self.inflight:
+                return None
+            if not self._advance():
+                return FINISHED
+
+    def tell(self, token, fitness):
+        widths = self.tokens.pop(token, None)
+        super().tell(token, fitness)
+        if widths is None:
+            return
+        value = self.history[-1][1]
+        self.known[widths] = value
+        for move in self.inflight.pop(widths, []):
+            move["fitness"] = value
+            self.done_moves.append(move)
+
+    @property
+    def best(self):
+        if self.best_pos is None or self.best_fit == WORST:
+            return super().best
+        return self.widths_of(self.best_pos), self.best_fit

@@ -1,0 +1,262 @@
+"""Training and evaluation loops shared by every trainable.
+
+SGD with a per-iteration learning-rate schedule, optional sparsity regulariser, label
+smoothing, and an ``on_epoch`` hook. On CUDA the loop uses bf16 autocast, channels_last and
+cuDNN autotuning; on CPU it stays fp32 and deterministic (same seed, same thread count ->
+bit-identical weights). Metrics accumulate on the device and are read once per epoch, so the
+host never waits on the accelerator inside an epoch except for the periodic finite-loss check.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Regularizer", "TrainSpec", "evaluate", "lr_factor", "train"]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Optimisation recipe.
+
+    ``lr`` is the peak learning rate; ``schedule`` is ``cosine`` (to 0 over all steps),
+    ``multistep`` (times ``gamma`` at each ``milestones`` fraction of the epochs) or
+    ``constant``; ``warmup_epochs`` (may be fractional) ramps linearly from 0 to ``lr``.
+    """
+
+    epochs: int
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    batch_size: int = 128
+    warmup_epochs: float = 0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "multistep", "constant"):
+            raise ValueError(
+                f"schedule must be cosine, multistep or constant, got {self.schedule!r}"
+            )
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(
+                f"need epochs >= 0 and batch_size >= 1, got {self.epochs}, {self.batch_size}"
+            )
+        if any(not 0.0 <= m <= 1.0 for m in self.milestones):
+            raise ValueError(
+                f"milestones are fractions of the epochs in [0, 1], got {self.milestones}"
+            )
+
+
+class Regularizer(Protocol):
+    """Sparsity hook: ``penalty`` is added to the loss, ``after_backward`` edits gradients."""
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None: ...
+
+    def after_backward(self, model: nn.Module) -> None: ...
+
+
+def lr_factor(spec: TrainSpec, step: int, total_steps: int) -> float:
+    """Multiplier in [0, 1] of ``spec.lr`` at optimiser step ``step`` of ``total_steps``."""
+    steps_per_epoch = total_steps / max(spec.epochs, 1)
+    warmup = spec.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return (step + 1) / warmup
+    if spec.schedule == "constant":
+        return 1.0
+    if spec.schedule == "multistep":
+        epoch = step / steps_per_epoch
+        passed = sum(epoch >= m * spec.epochs for m in spec.milestones)
+        return spec.gamma**passed
+    span = max(total_steps - warmup, 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # Independent, reproducible stream per epoch without correlated neighbouring seeds.
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(model: nn.Module, split, *, batch_size: int = 512, device="cpu") -> dict:
+    """Top-1 accuracy in [0, 1], mean cross-entropy loss and example count ``n`` of ``split``."""
+    device = torch.device(device)
+    _prepare(model, device)
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    n = 0
+    with torch.inference_mode(), _autocast(device):
+        for x, y in split.batches(batch_size, shuffle=False, augment=False, device=device):
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = model(x).float()
+            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += y.shape[0]
+    model.train(was_training)
+    if n == 0:
+        return {"top1": float("nan"), "loss": float("nan"), "n": 0}
+    return {"top1": correct.item() / n, "loss": loss_sum.item() / n, "n": n}
+
+
+def train(
+    model: nn.Module,
+    train_split,
+    spec: TrainSpec,
+    *,
+    val_split=None,
+    device="cpu",
+    seed: int = 0,
+    regularizer: Regularizer | None = None,
+    on_epoch: Callable[[int, dict], bool | None] | None = None,
+    augment: bool | None = None,
+) -> dict:
+    """Train ``model`` in place with SGD for ``spec.epochs`` epochs and return final metrics.
+
+    Metrics per epoch (passed to ``on_epoch(epoch, metrics)``, 1-based epoch): ``epoch``,
+    ``train_loss`` (cross-entropy, without the regulariser), ``train_acc`` in [0, 1],
+    ``val_acc`` / ``val_loss`` (None without ``val_split``), ``images_per_s`` (training
+    phase only) and ``seconds`` (whole epoch, evaluation included). ``on_epoch`` returning
+    True stops training early. The result adds ``history``, the list of all epochs' metrics.
+    ``augment=None`` uses the split's default. Raises ``FloatingPointError`` on a
+    non-finite loss.
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    _prepare(model, device)
+    train_split = train_split.to(device)
+    if val_split is not None:
+        val_split = val_split.to(device)
+    if augment is None:
+        augment = bool(getattr(train_split, "augment_default", False))
+
+    n = len(train_split)
+    drop_last = n >= spec.batch_size
+    steps_per_epoch = n // spec.batch_size if drop_last else math.ceil(n / spec.batch_size)
+    total_steps = max(steps_per_epoch * spec.epochs, 1)
+
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=spec.lr * lr_factor(spec, 0, total_steps),
+        momentum=spec.momentum,
+        nesterov=spec.nesterov,
+        weight_decay=spec.weight_decay,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    channels_last = device.type == "cuda"
+    # A host read of the loss stalls a GPU pipeline, so CUDA checks finiteness in strides;
+    # on CPU the value is already computed and the check is free.
+    check_every = 1 if device.type == "cpu" else 50
+
+    history: list[dict] = []
+    metrics = _empty_metrics()
+    step = 0
+    for epoch in range(1, spec.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+        seen = 0
+        batches = train_split.batches(
+            spec.batch_size,
+            shuffle=True,
+            augment=augment,
+            seed=_epoch_seed(seed, epoch),
+            drop_last=drop_last,
+        )
+        for i, (x, y) in enumerate(batches):
+            for group in optimizer.param_groups:
+                group["lr"] = spec.lr * lr_factor(spec, step, total_steps)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                logits = model(x)
+                data_loss = criterion(logits, y)
+            loss = data_loss
+            if regularizer is not None:
+                penalty = regularizer.penalty(model)
+                if penalty is not None:
+                    loss = loss + penalty
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if regularizer is not None:
+                regularizer.after_backward(model)
+            optimizer.step()
+
+            detached = loss.detach()
+            nonfinite |= ~torch.isfinite(detached)
+            if (i + 1) % check_every == 0 and nonfinite.item():
+                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
+            loss_sum += data_loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            step += 1
+        if nonfinite.item():
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step - 1}")
+        _sync(device)
+        train_seconds = time.perf_counter() - t0
+
+        metrics = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+            "val_acc": None,
+            "val_loss": None,
+            "images_per_s": seen / train_seconds if train_seconds > 0 else float("nan"),
+            "seconds": 0.0,
+        }
+        if val_split is not None:
+            result = evaluate(model, val_split, device=device)
+            metrics["val_acc"], metrics["val_loss"] = result["top1"], result["loss"]
+        metrics["seconds"] = time.perf_counter() - t0
+        history.append(metrics)
+        if on_epoch is not None and on_epoch(epoch, dict(metrics)):
+            break
+
+    if not history and val_split is not None:
+        result = evaluate(model, val_split, device=device)
+        metrics["val_acc"], metrics["val_loss"] = result["top1"], result["loss"]
+    return {**metrics, "history": history}
+
+
+def _empty_metrics() -> dict:
+    return {
+        "epoch": 0,
+        "train_loss": None,
+        "train_acc": None,
+        "val_acc": None,
+        "val_loss": None,
+        "images_per_s": None,
+        "seconds": 0.0,
+    }

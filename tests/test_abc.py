@@ -1,0 +1,165 @@
+"""ABCPruner's bee colony on a synthetic fitness over a real WidthSpace (no Ray, no training)."""
+import numpy as np
+import pytest
+
+import searchers
+from searchers import FINISHED, ArtificialBeeColony
+from structsearch import models
+from structsearch.space import WidthSpace
+
+
+@pytest.fixture(scope="module")
+def space():
+    return WidthSpace.from_model(models.build("cifar_resnet20"), (3, 32, 32))
+
+
+def smooth(space, widths):
+    w = np.asarray(widths) / np.asarray(space.full_widths)
+    weights = np.linspace(3.0, 0.2, len(w))
+    return float((weights * np.sqrt(w)).sum() / weights.sum())
+
+
+def run_batches(core, space, fitness=smooth):
+    """Drive like Tune: ask until None/FINISHED, then report the whole batch."""
+    batches = []
+    while True:
+        batch = []
+        while True:
+            p = core.ask()
+            if p is None or p == FINISHED:
+                break
+            batch.append(p)
+        if batch:
+            batches.append(batch)
+            for p in batch:
+                core.tell(p.token, fitness(space, p.widths))
+        if p == FINISHED:
+            return batches
+
+
+def test_phases_in_order_with_counts(space):
+    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=0,
+                               food_number=6, food_limit=2, max_cycle=4)
+    run_batches(core, space)
+    log = core.phase_log
+    assert log[0] == (0, "init", 6)
+    for cycle in range(4):
+        phases = [(p, n) for c, p, n in log if c == cycle and p != "init"]
+        assert phases[0] == ("employed", 6) and phases[1] == ("onlooker", 6)
+        assert [p for p, _ in phases[2:]] in ([], ["scout"])
+        assert all(n == 1 for p, n in phases[2:])
+    # With food_limit 2 and 4 cycles some source stalls long enough to be scouted.
+    assert any(p == "scout" for _, p, _ in log)
+
+
+def test_scout_only_when_trail_reaches_limit(space):
+    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=1,
+                               food_number=4, food_limit=1000, max_cycle=3)
+    run_batches(core, space)
+    assert not any(p == "scout" for _, p, _ in core.phase_log)
+
+
+def test_greedy_keeps_the_better_source(space):
+    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=2,
+                               food_number=5, max_cycle=1)
+    seen_fitness = []
+    while True:
+        p = core.ask()
+        assert p is not None  # results are told at once, so the colony never waits here
+        if p == FINISHED:
+            break
+        seen_fitness.append(smooth(space, p.widths))
+        core.tell(p.token, seen_fitness[-1])
+    # Every source's fitness is the best fitness it ever had (never replaced by a worse one).
+    for i, src in enumerate(core.sources):
+        assert core.fitness[i] == pytest.approx(smooth(space, core.widths_of(src)))
+    assert core.best[1] == pytest.approx(max(seen_fitness))
+
+
+def test_last_dimension_and_top_level_reachable(space):
+    core = ArtificialBeeColony(space, max_macs=space.full_macs, num_candidates=10_000, seed=3,
+                               food_number=8, max_cycle=6)
+    props = [p for batch in run_batches(core, space) for p in batch]
+    last = {p.widths[-1] for p in props}
+    assert len(last) > 2, "the last group must be mutated"
+    top_hits = [g for g in range(len(space))
+                if any(p.widths[g] == core.levels[g][-1] for p in props)]
+    assert len(top_hits) >= len(space) // 2, "the top level (90% width) must be reachable"
+
+
+def test_suggestions_within_budget_and_on_grid(space):
+    budget = 0.4 * space.full_macs
+    core = ArtificialBeeColony(space, max_macs=budget, num_candidates=200, seed=4, food_number=5, max_cycle=5)
+    for batch in run_batches(core, space):
+        for p in batch:
+            space.validate(p.widths)
+            assert space.macs(p.widths) <= budget
+
+
+def test_duplicates_reuse_fitness(space):
+    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=5,
+                               food_number=4, max_cycle=8)
+    props = [p for batch in run_batches(core, space) for p in batch]
+    assert len({p.widths for p in props}) == len(props)
+
+
+def test_phase_batch_waits_for_results(space):
+    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=100, seed=6, food_number=4)
+    first = [core.ask() for _ in range(4)]
+    assert all(p is not None and p != FINISHED for p in first)
+    assert core.ask() is None  # the employed phase needs every initial fitness first
+    for p in first:
+        core.tell(p.token, 0.5)
+    assert core.ask() is not None
+
+
+def test_save_restore_mid_phase_identical(space):
+    kwargs = dict(max_macs=0.5 * space.full_macs, num_candidates=60, food_number=4, max_cycle=5)
+    ref = ArtificialBeeColony(space, seed=7, **kwargs)
+    pending = [ref.ask() for _ in range(4)]
+    for p in pending[:2]:
+        ref.tell(p.token, smooth(space, p.widths))
+    state = ref.state()
+    for p in pending[2:]:
+        ref.tell(p.token, smooth(space, p.widths))
+    tail_ref = [p.widths for b in run_batches(ref, space) for p in b]
+    clone = ArtificialBeeColony(space, seed=123, **kwargs)
+    clone.load_state(state)
+    for p in pending[2:]:
+        clone.tell(p.token, smooth(space, p.widths))
+    tail_clone = [p.widths for b in run_batches(clone, space) for p in b]
+    assert tail_clone == tail_ref and len(tail_ref) > 10
+
+
+def test_seeded_initial_sources(space):
+    seed_w = list(space.uniform(0.6))
+    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=100, seed=8,
+                               food_number=4, initial=[{"origin": "uniform", "widths": seed_w}])
+    first = core.ask()
+    assert first.origin == "seed:uniform"
+    assert space.macs(first.widths) <= 0.5 * space.full_macs
+    assert [core.ask().origin for _ in range(3)] == ["abc:init"] * 3
+
+
+def test_abc_beats_random_on_smooth_objective(space):
+    """A smooth objective peaked at an allocation just under the budget (accuracy-like: every
+    group has a best width). Equal evaluation counts, ABCPruner's code encoding, 5 seeds."""
+    budget = 0.5 * space.full_macs
+    full = np.asarray(space.full_widths)
+    target = space.sample(np.random.default_rng(2024), 1, (0.9 * budget, 0.95 * budget))[0] / full
+
+    def peaked(space, widths):
+        return float(1 - 4 * np.mean((np.asarray(widths) / full - target) ** 2))
+
+    abc_best, rnd_best = [], []
+    for seed in range(5):
+        abc = ArtificialBeeColony(space, max_macs=budget, num_candidates=150, seed=seed, food_number=6,
+                                  max_cycle=100)
+        run_batches(abc, space, peaked)
+        rnd = searchers.build("random", space, max_macs=budget, num_candidates=abc.asked, seed=seed)
+        run_batches(rnd, space, peaked)
+        abc_best.append(abc.best[1])
+        rnd_best.append(rnd.best[1])
+    wins = sum(a > r for a, r in zip(abc_best, rnd_best))
+    assert np.mean(abc_best) > np.mean(rnd_best) + 0.02, (abc_best, rnd_best)
+    assert wins >= 3, (abc_best, rnd_best)

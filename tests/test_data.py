@@ -1,0 +1,228 @@
+"""Dataset registry, split carving and on-device augmentation (CPU, offline)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from structsearch import data
+from structsearch.data import DataSpec, DatasetNotFound, Split
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load(DataSpec(name="mnist5k"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load(DataSpec(name="digits"))
+
+
+def _all_splits(splits):
+    return {"train": splits.train, "val": splits.val, "test": splits.test}
+
+
+@pytest.mark.parametrize(
+    "name, side, n_total, n_test", [("mnist5k", 28, 5000, 1000), ("digits", 8, 1797, 359)]
+)
+def test_bundled_dataset_shapes_balance_and_disjoint_splits(name, side, n_total, n_test):
+    splits = data.load(DataSpec(name=name, val_fraction=0.1, seed=3))
+    assert splits.num_classes == 10
+    assert splits.input_shape == (1, side, side)
+    for split in _all_splits(splits).values():
+        assert split.x.dtype == torch.uint8 and split.y.dtype == torch.int64
+        assert split.x.shape == (len(split), 1, side, side)
+        assert int(split.y.min()) >= 0 and int(split.y.max()) <= 9
+
+    shares = np.bincount(splits.train.y.numpy(), minlength=10) / len(splits.train)
+    assert shares.min() >= 0.07 and shares.max() <= 0.13
+
+    assert len(splits.test) == n_test
+    pool = len(splits.train) + len(splits.val)
+    assert abs(len(splits.val) / pool - 0.1) < 0.01
+
+    by_pool: dict[str, list[np.ndarray]] = {}
+    for split in _all_splits(splits).values():
+        by_pool.setdefault(split.pool, []).append(split.source_indices)
+    for pool_name, parts in by_pool.items():
+        merged = np.concatenate(parts)
+        assert len(np.unique(merged)) == len(merged), f"overlap inside pool {pool_name}"
+        assert sorted(merged.tolist()) == list(range(splits.pool_sizes[pool_name]))
+    assert sum(splits.pool_sizes.values()) == n_total
+
+
+def test_source_indices_point_at_the_same_images(mnist):
+    raw = data._cached_tensors("mnist5k", data._read_mnist5k)
+    for split in _all_splits(mnist).values():
+        assert torch.equal(raw["x"][split.source_indices], split.x)
+        assert torch.equal(raw["y"][split.source_indices], split.y)
+
+
+def test_val_split_follows_seed_and_test_split_never_moves(mnist):
+    again = data.load(DataSpec(name="mnist5k"))
+    other = data.load(DataSpec(name="mnist5k", seed=1))
+    assert np.array_equal(mnist.val.source_indices, again.val.source_indices)
+    assert not np.array_equal(mnist.val.source_indices, other.val.source_indices)
+    assert np.array_equal(mnist.test.source_indices, other.test.source_indices)
+    assert mnist.summary()["val_indices_sha1"] != other.summary()["val_indices_sha1"]
+
+
+def test_batches_normalise_and_cover_the_split_once(digits):
+    split = digits.val
+    seen = []
+    for x, y in split.batches(50, shuffle=True, augment=False, seed=0):
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 8, 8)
+        seen.append(y)
+    assert sum(len(y) for y in seen) == len(split)
+    assert sorted(torch.cat(seen).tolist()) == sorted(split.y.tolist())
+
+    x, _ = next(split.batches(len(split), shuffle=False, augment=False))
+    expected = (split.x.float() / 255 - split.mean[0]) / split.std[0]
+    torch.testing.assert_close(x, expected)
+    # Dataset statistics should roughly whiten the pixels.
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1) < 0.1
+
+
+def test_batches_drop_last(digits):
+    batches = digits.train.batches(100, shuffle=False, augment=False, drop_last=True)
+    sizes = [len(y) for _, y in batches]
+    assert sizes == [100] * (len(digits.train) // 100)
+
+
+def _shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """x moved by (dy, dx) pixels with zero fill, as a random crop of a padded image."""
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
+
+
+def _matching_shifts(original: torch.Tensor, augmented: torch.Tensor, pad: int) -> list:
+    return [
+        (dy, dx)
+        for dy in range(-pad, pad + 1)
+        for dx in range(-pad, pad + 1)
+        if torch.equal(_shifted(original, dy, dx), augmented)
+    ]
+
+
+def test_digit_augmentation_shifts_within_pad_and_never_flips(mnist):
+    split = mnist.train.subset(64, seed=0)
+    assert split.crop_pad == 2 and not split.flip
+    out = split.augment_batch(split.x, torch.Generator().manual_seed(5))
+    assert out.shape == split.x.shape and out.dtype == torch.uint8
+    shifts = []
+    for original, augmented in zip(split.x, out):
+        matches = _matching_shifts(original, augmented, 2)
+        assert matches, "augmented image is not a zero-filled shift of the original"
+        shifts.append(matches[0])
+    assert len(set(shifts)) > 5, "crop offsets should vary across the batch"
+
+
+def test_augmented_batches_are_deterministic_under_seed(mnist):
+    split = mnist.val
+
+    def first(seed):
+        return next(split.batches(32, shuffle=True, augment=True, seed=seed))
+
+    (xa, ya), (xb, yb), (xc, _) = first(7), first(7), first(8)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(xa, xc)
+    assert xa.shape == (32, 1, 28, 28)
+
+
+def test_cifar_style_augmentation_flips_about_half():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    split = Split(
+        x=x,
+        y=torch.zeros(200, dtype=torch.int64),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        source_indices=np.arange(200),
+        pool="train",
+        crop_pad=4,
+        flip=True,
+    )
+    out = split.augment_batch(x, torch.Generator().manual_seed(1))
+    flipped = 0
+    for original, augmented in zip(x, out):
+        plain = _matching_shifts(original, augmented, 4)
+        mirrored = _matching_shifts(original.flip(-1), augmented, 4)
+        assert bool(plain) != bool(mirrored)
+        flipped += bool(mirrored)
+    assert 70 < flipped < 130
+
+
+def test_subset_is_stratified_and_traceable(mnist):
+    sub = mnist.train.subset(500, seed=2)
+    assert len(sub) == 500
+    assert set(sub.source_indices.tolist()) <= set(mnist.train.source_indices.tolist())
+    assert np.bincount(sub.y.numpy(), minlength=10).min() >= 45
+    assert np.array_equal(sub.source_indices, mnist.train.subset(500, seed=2).source_indices)
+
+
+def test_missing_cifar_root_names_path_and_fix(tmp_path):
+    root = tmp_path / "nothing-here"
+    with pytest.raises(DatasetNotFound) as info:
+        data.load(DataSpec(name="cifar10", root=str(root), download=False))
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(root) in message and "download" in message and "cifar-10-batches-py" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_missing_image_folder_is_clear(tmp_path):
+    with pytest.raises(DatasetNotFound, match="train/"):
+        data.load(DataSpec(name="imagenet", root=str(tmp_path)))
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(KeyError) as info:
+        data.load(DataSpec(name="mnist6k"))
+    for name in ("mnist5k", "digits", "cifar10", "cifar100", "imagenet", "imagefolder"):
+        assert name in str(info.value)
+    assert set(data.names()) >= {"mnist5k", "digits", "cifar10", "cifar100"}
+
+
+def test_cache_file_is_used_on_second_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRUCTSEARCH_CACHE", str(tmp_path))
+    first = data.load(DataSpec(name="mnist5k"))
+    assert (tmp_path / "mnist5k.pt").is_file()
+
+    def fail():
+        raise AssertionError("mnist5k was decoded again instead of read from the cache")
+
+    monkeypatch.setattr(data, "_read_mnist5k", fail)
+    second = data.load(DataSpec(name="mnist5k"))
+    assert torch.equal(first.train.x, second.train.x)
+
+
+def test_image_folder_split_streams_uint8_crops(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for pool, per_class in (("train", 10), ("val", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / pool / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), val_fraction=0.2, workers=0)
+    splits = data.load(spec)
+    assert splits.num_classes == 2 and splits.input_shape == (3, 224, 224)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (16, 4, 4)
+    assert not set(splits.train.source_indices) & set(splits.val.source_indices)
+
+    batches = list(splits.train.batches(8, shuffle=True, augment=True, seed=0))
+    assert [x.shape for x, _ in batches] == [(8, 3, 224, 224)] * 2
+    assert batches[0][0].dtype == torch.float32
+    again = next(splits.train.batches(8, shuffle=True, augment=True, seed=0))
+    assert torch.equal(batches[0][0], again[0])
+    x, y = next(splits.test.batches(4, shuffle=False, augment=False))
+    assert x.shape == (4, 3, 224, 224) and y.tolist() == [0, 0, 1, 1]
