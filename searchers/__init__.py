@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 from .artificial_bee_colony import ArtificialBeeColony
+from .dropnet import DropNetSchedule
+from .optuna_search import NSGA2Search, TPESearch
+from .seeded import SeededProposals
 from .core import FINISHED, WORST, Proposal, SearchCore
 from .random_search import RandomSearch
 from .uniform import UniformSweep, max_uniform_ratio
 
 _REGISTRY = {
     "abc": ArtificialBeeColony,
+    "seeded": SeededProposals,
+    "tpe": TPESearch,
+    "nsga2": NSGA2Search,
+    "dropnet": DropNetSchedule,
     "random": RandomSearch,
     "uniform": UniformSweep,
 }
@@ -39,5 +46,5 @@ def build(name: str, space, *, max_macs: float, num_candidates: int, seed: int =
                            **(params or {}))
 
 
-__all__ = ["ArtificialBeeColony", "FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
+__all__ = ["ArtificialBeeColony", "SeededProposals", "TPESearch", "NSGA2Search", "DropNetSchedule", "FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
            "max_uniform_ratio", "names", "build"]

@@ -83,6 +83,7 @@ class SearchConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     params: dict = field(default_factory=dict)  # {searcher name: {parameter: value}}
     abc: dict = field(default_factory=dict)
+    max_failures: int = 0  # retries of a trial that raised (transient errors)
     fault_injection: dict = field(default_factory=dict)  # {raise: p, nan: p}: testing only
 
 
@@ -232,6 +233,8 @@ def _check(cfg: Config) -> None:
         bad("search.concurrent", f"must be >= 1, got {s.concurrent}")
     if s.resources.cpu <= 0 or s.resources.gpu < 0:
         bad("search.resources", f"cpu must be > 0 and gpu >= 0, got cpu={s.resources.cpu} gpu={s.resources.gpu}")
+    if s.max_failures < 0:
+        bad("search.max_failures", f"must be >= 0, got {s.max_failures}")
     if s.lr <= 0:
         bad("search.lr", f"must be > 0, got {s.lr}")
     for kind in f.scratch:
@@ -251,7 +254,10 @@ def _check(cfg: Config) -> None:
 
 
 def from_dict(data: Any) -> Config:
-    """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+    """Validate a plain mapping (as read from YAML) into a :class:`Config`. The ``_resolved``
+    section that :func:`dump` adds (versions, split digest) is informational and ignored."""
+    if isinstance(data, dict) and "_resolved" in data:
+        data = {k: v for k, v in data.items() if k != "_resolved"}
     cfg = _build(Config, data, "")
     _check(cfg)
     return cfg
@@ -311,4 +317,7 @@ def dump(cfg: Config, path: str | os.PathLike, extra: dict | None = None) -> Non
     data = cfg.to_dict()
     if extra:
         data["_resolved"] = json.loads(json.dumps(extra, default=str))
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)

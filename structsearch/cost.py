@@ -96,6 +96,12 @@ class CostModel:
         for i, (_, a, b, _) in enumerate(self._terms):
             self.A[i] = a.coef
             self.B[i] = b.coef
+        # The total is a quadratic form in w: const + lin . w + w^T quad w. Evaluating that is
+        # one G x G product instead of two T x G ones (T terms >> G groups), and every entry is
+        # an integer-valued float, so the rounded result stays exact.
+        self._const = float(np.sum(self.coef * self.a0 * self.b0))
+        self._lin = (self.coef * self.b0) @ self.A + (self.coef * self.a0) @ self.B
+        self._quad = self.A.T @ (self.coef[:, None] * self.B)
         self.labels = [lab for _, _, _, lab in self._terms]
         self._frozen = True
 
@@ -104,12 +110,9 @@ class CostModel:
         if not self._frozen:
             self._freeze()
         w = np.asarray(widths, dtype=np.float64)
-        single = w.ndim == 1
-        w2 = np.atleast_2d(w)
-        a = self.a0 + w2 @ self.A.T
-        b = self.b0 + w2 @ self.B.T
-        total = (a * b) @ self.coef
-        return int(round(total[0])) if single else np.rint(total)
+        if w.ndim == 1:
+            return int(round(self._const + float(w @ (self._lin + self._quad @ w))))
+        return np.rint(self._const + w @ self._lin + np.einsum("ij,ij->i", w @ self._quad, w))
 
     def per_term(self, widths) -> dict[str, float]:
         """Cost of each labelled term (e.g. per layer) at one width vector."""

@@ -337,7 +337,7 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
                                         trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
                                       callbacks=[progress],
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     results = tuner.fit()
     rows = []
@@ -470,8 +470,15 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     say(f"run directory: {run_dir}")
     extra = {"versions": versions(), "split": p.splits.summary(), "device": p.device,
              "budget_max_macs": p.max_macs}
-    if not (run_dir / "config.yaml").is_file():
-        config_mod.dump(cfg, run_dir / "config.yaml", extra=extra)
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        previous = config_mod.read_yaml(saved)
+        previous.pop("_resolved", None)
+        if config_mod.from_dict(previous) != cfg:
+            raise ConfigError(f"the config differs from {saved}; resume with the same config and "
+                              f"--set values, or start a new run directory")
+    else:
+        config_mod.dump(cfg, saved, extra=extra)
     baseline = stage_baseline(p)
     scores = stage_scores(p)
     started = time.perf_counter()

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 CANDIDATE_COLUMNS = ["trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio",
@@ -16,9 +17,17 @@ CANDIDATE_COLUMNS = ["trial_id", "searcher", "origin", "widths", "macs", "params
 
 
 def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, flush it to disk, then rename it over ``path``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    # Test hook: slow the write down so a test can kill the process in the middle of it.
+    slow = float(os.environ.get("STRUCTSEARCH_TEST_SLOW_WRITE", "0") or 0)
     with open(tmp, "w") as fh:
+        if slow:
+            fh.write(text[: len(text) // 2])
+            fh.flush()
+            time.sleep(slow)
+            text = text[len(text) // 2:]
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())

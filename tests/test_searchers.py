@@ -20,7 +20,26 @@ def objective(space, widths):
     return float((weights * np.sqrt(w)).sum() / weights.sum())
 
 
-NAMES = ["random", "uniform", "abc", "random+uniform", "abc+uniform"]
+NAMES = ["random", "uniform", "abc", "seeded", "tpe", "nsga2", "dropnet", "random+uniform", "abc+uniform"]
+
+
+def params_for(name, space):
+    """Searcher parameters a pipeline would pass (seed vectors, channel scores)."""
+    if name == "seeded":
+        return {"proposals": [{"origin": f"uniform{r}", "widths": list(space.uniform(r))}
+                              for r in (0.9, 0.7, 0.6, 0.5, 0.4, 0.3)]}
+    if name in ("tpe", "nsga2"):
+        return {"initial": [{"origin": "uniform", "widths": list(space.uniform(0.6))}]}
+    if name == "dropnet":
+        rng = np.random.default_rng(0)
+        return {"scores": [rng.random(g.width) for g in space.groups], "kappa": 0.5}
+    return None
+
+
+def build(name, space, **kw):
+    if "+" in name:
+        return searchers.build(name, space, **kw)
+    return searchers.build(name, space, params=params_for(name, space), **kw)
 
 
 def drive(core, space, n_max=200, fail_every=0):
@@ -40,7 +59,7 @@ def drive(core, space, n_max=200, fail_every=0):
 @pytest.mark.parametrize("name", NAMES)
 def test_proposals_feasible_and_on_grid(space, name):
     budget = 0.5 * space.full_macs
-    core = searchers.build(name, space, max_macs=budget, num_candidates=12, seed=3)
+    core = build(name, space, max_macs=budget, num_candidates=12, seed=3)
     props = drive(core, space)
     assert 1 <= len(props) <= 12
     for p in props:
@@ -53,19 +72,19 @@ def test_proposals_feasible_and_on_grid(space, name):
 @pytest.mark.parametrize("name", NAMES)
 def test_same_seed_same_proposals(space, name):
     budget = 0.4 * space.full_macs
-    a = [p.widths for p in drive(searchers.build(name, space, max_macs=budget, num_candidates=8, seed=1), space)]
-    b = [p.widths for p in drive(searchers.build(name, space, max_macs=budget, num_candidates=8, seed=1), space)]
+    a = [p.widths for p in drive(build(name, space, max_macs=budget, num_candidates=8, seed=1), space)]
+    b = [p.widths for p in drive(build(name, space, max_macs=budget, num_candidates=8, seed=1), space)]
     assert a == b
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_save_restore_continues_identically(space, name):
     budget = 0.5 * space.full_macs
-    ref = searchers.build(name, space, max_macs=budget, num_candidates=10, seed=7)
+    ref = build(name, space, max_macs=budget, num_candidates=10, seed=7)
     first = drive(ref, space, n_max=4)
     state = ref.state()
     rest_ref = [p.widths for p in drive(ref, space)]
-    clone = searchers.build(name, space, max_macs=budget, num_candidates=10, seed=99)
+    clone = build(name, space, max_macs=budget, num_candidates=10, seed=99)
     clone.load_state(state)
     rest_clone = [p.widths for p in drive(clone, space)]
     assert len(first) == 4
@@ -74,7 +93,7 @@ def test_save_restore_continues_identically(space, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_failed_candidates_count_as_worst(space, name):
-    core = searchers.build(name, space, max_macs=0.5 * space.full_macs, num_candidates=6, seed=0)
+    core = build(name, space, max_macs=0.5 * space.full_macs, num_candidates=6, seed=0)
     drive(core, space, fail_every=2)
     fits = [f for _, f, _ in core.history]
     assert fits.count(searchers.WORST) == sum(1 for i in range(len(fits)) if i % 2 == 0)

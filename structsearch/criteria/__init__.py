@@ -11,14 +11,23 @@ from typing import Callable
 
 import numpy as np
 
-from .base import Criterion, criterion_keep, per_group
+from .activation import MeanActivation
+from .base import Criterion, criterion_keep, model_inputs, per_group
 from .bn_scale import BNScale
+from .cache import cached_scores
+from .group_lasso import GroupLassoNorm
+from .hrank import HRank
 from .l1 import L1Norm
+from .lasso import ChannelLasso, lasso_select, reconstruct
 from .random import RandomCriterion
 
 _REGISTRY: dict[str, Callable[..., Criterion]] = {
     "l1": L1Norm,
     "bn_scale": BNScale,
+    "hrank": HRank,
+    "activation": MeanActivation,
+    "lasso": ChannelLasso,
+    "group_lasso": GroupLassoNorm,
     "random": RandomCriterion,
 }
 
@@ -35,5 +44,13 @@ def get(name: str, **params) -> Criterion:
     return _REGISTRY[name](**params)
 
 
-__all__ = ["Criterion", "criterion_keep", "per_group", "names", "get", "L1Norm", "BNScale",
-           "RandomCriterion"]
+def resolve(criterion: str | Criterion | None, default: str = "l1") -> Criterion:
+    """A criterion object from a name, an object (returned as is) or None (``default``)."""
+    if criterion is None:
+        criterion = default
+    return get(criterion) if isinstance(criterion, str) else criterion
+
+
+__all__ = ["Criterion", "criterion_keep", "per_group", "model_inputs", "names", "get", "resolve",
+           "cached_scores", "lasso_select", "reconstruct", "L1Norm", "BNScale", "HRank",
+           "MeanActivation", "ChannelLasso", "GroupLassoNorm", "RandomCriterion"]

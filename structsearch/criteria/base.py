@@ -20,34 +20,75 @@ class Criterion:
                batches: Iterable | None = None) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def params(self) -> dict:
+        """The constructor parameters (JSON-able), e.g. for cache keys and run records."""
+        return {k: v for k, v in sorted(vars(self).items()) if not k.startswith("_")}
+
+
+def model_inputs(batches, limit: int | None = None, *, batch_size: int = 128) -> list[torch.Tensor]:
+    """The first ``limit`` input batches of ``batches`` as tensors.
+
+    ``batches`` may be an iterable of ``(x, y)`` pairs or of ``x`` tensors, or a data split with
+    a ``batches`` method (read in order, without augmentation). Raises ``ValueError`` when there
+    is no data, so a data-driven criterion never scores silently on nothing.
+    """
+    if batches is None:
+        raise ValueError("this criterion needs data: pass batches=(a few training batches)")
+    if hasattr(batches, "batches") and callable(batches.batches):
+        batches = batches.batches(batch_size, shuffle=False, augment=False)
+    out = []
+    for item in batches:
+        if limit is not None and len(out) >= limit:
+            break
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        out.append(x)
+    if not out:
+        raise ValueError("batches is empty: a data-driven criterion needs at least one batch")
+    return out
+
 
 def per_group(model: nn.Module, space: WidthSpace,
-              module_score: Callable[[nn.Module], torch.Tensor | None]) -> list[np.ndarray]:
+              module_score: Callable[[nn.Module], torch.Tensor | None], *,
+              normalize: bool = True) -> list[np.ndarray]:
     """Combine per-module output-channel scores into per-group root-channel scores.
 
     ``module_score(module)`` returns one score per output channel of that module, or None if the
     module does not score (e.g. a BN for L1). Each member's scores are mapped onto the group's
     root channels (averaged where one root channel spans several module channels), normalised
-    by their maximum, and summed.
+    by their maximum, and summed. With ``normalize=False`` the raw member scores are averaged
+    instead, so their absolute scale survives (Network Slimming's global |gamma| threshold).
     """
     modules = dict(model.named_modules())
     result = []
     for group in space.groups:
         total = np.zeros(group.width)
+        scored = 0
         for member in group.members:
             if member.dim != "out":
                 continue
             raw = module_score(modules[member.module])
             if raw is None:
                 continue
-            raw = raw.detach().float().cpu().numpy()
-            values = raw[member.idxs]
-            mapped = np.bincount(member.root_idxs, weights=values, minlength=group.width)
-            mapped /= np.maximum(np.bincount(member.root_idxs, minlength=group.width), 1)
-            peak = np.abs(mapped).max()
-            total += mapped / peak if peak > 0 else mapped
-        result.append(total)
+            total += map_member(member, raw, group.width, normalize=normalize)
+            scored += 1
+        result.append(total if normalize else total / max(scored, 1))
     return result
+
+
+def map_member(member, raw, width: int, *, normalize: bool = True) -> np.ndarray:
+    """One member's per-module-channel scores ``raw`` as scores of the group's ``width`` root
+    channels (mean over the module channels of each root channel), optionally divided by their
+    largest magnitude."""
+    if isinstance(raw, torch.Tensor):
+        raw = raw.detach().float().cpu().numpy()
+    values = np.asarray(raw, dtype=np.float64)[member.idxs]
+    mapped = np.bincount(member.root_idxs, weights=values, minlength=width)
+    mapped /= np.maximum(np.bincount(member.root_idxs, minlength=width), 1)
+    if normalize:
+        peak = np.abs(mapped).max()
+        if peak > 0:
+            mapped /= peak
+    return mapped
 
 
 def criterion_keep(scores: list[np.ndarray], widths) -> dict[int, np.ndarray]:

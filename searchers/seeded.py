@@ -1,0 +1,31 @@
+"""Seeded baselines: width vectors derived from importance criteria or presets, evaluated as
+candidates in their own right (uniform, l1/hrank/bn_scale global ranking, paper presets)."""
+from __future__ import annotations
+
+from .core import FINISHED, SearchCore
+
+
+class SeededProposals(SearchCore):
+    """Proposes a fixed list ``proposals = [{"origin": name, "widths": [...]}, ...]`` in order
+    (each repaired into the budget; repeats after repair are proposed once). The list is
+    computed by the pipeline from ``structsearch.seeds`` because searchers never touch models."""
+
+    name = "seeded"
+
+    def __init__(self, space, *, max_macs, num_candidates, seed=0, proposals: list | None = None):
+        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+        queue, seen = [], set()
+        for item in proposals or []:
+            widths = self.feasible(item["widths"])
+            if widths not in seen:
+                seen.add(widths)
+                queue.append((widths, f"seed:{item['origin']}"))
+        if not queue:
+            raise ValueError("the seeded searcher needs at least one proposal")
+        self.queue = queue[:num_candidates]
+        self.num_candidates = len(self.queue)
+
+    def _next(self):
+        if self.asked >= len(self.queue):
+            return FINISHED
+        return self.queue[self.asked]

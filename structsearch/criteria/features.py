@@ -1,0 +1,85 @@
+"""Shared machinery of the criteria that look at post-activation feature maps (HRank, DropNet).
+
+For every group the *observed* members are its BN layers (the post-BN map is what the next
+layer sees after ReLU), or its conv/linear producers when the group has no BN. A forward hook
+on each observed module turns ``relu(output)`` into per-channel sums at once, so no feature map
+outlives its hook (in-place ReLUs later in the model cannot corrupt it) and memory stays flat.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..space import WidthSpace
+from .base import map_member, model_inputs
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def observed_members(model: nn.Module, space: WidthSpace) -> list[list]:
+    """Per group, the ``out`` members whose post-activation output is scored."""
+    modules = dict(model.named_modules())
+    chosen = []
+    for group in space.groups:
+        outs = [m for m in group.members if m.dim == "out"]
+        bns = [m for m in outs if isinstance(modules[m.module], _BN)]
+        layers = [m for m in outs if isinstance(modules[m.module], (nn.Conv2d, nn.Linear))]
+        chosen.append(bns or layers)
+    return chosen
+
+
+@torch.no_grad()
+def channel_means(model: nn.Module, names: set[str], inputs: list[torch.Tensor],
+                  stat: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean over images of ``stat(relu(output))`` for each named module.
+
+    ``stat`` maps a post-ReLU map (N, C, H, W) to per-image, per-channel values (N, C); 2-D
+    outputs (N, C) are treated as 1x1 maps. The model runs in eval mode (BN running statistics,
+    as at inference) and its mode is restored afterwards.
+    """
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook_for(name):
+        def hook(module, args, output):
+            out = output.float()
+            if out.dim() == 2:
+                out = out[:, :, None, None]
+            values = stat(torch.relu(out)).double().sum(0)
+            sums[name] = values if name not in sums else sums[name] + values
+            counts[name] = counts.get(name, 0) + out.shape[0]
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in sorted(names)]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for x in inputs:
+            model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: (sums[n] / counts[n]).cpu() for n in sums}
+
+
+def feature_scores(model: nn.Module, space: WidthSpace, batches, num_batches: int,
+                   stat: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]:
+    """Per-group root-channel scores from ``stat`` of post-activation maps, each observed member
+    normalised by its maximum and summed (as :func:`~structsearch.criteria.base.per_group`)."""
+    inputs = model_inputs(batches, num_batches)
+    chosen = observed_members(model, space)
+    means = channel_means(model, {m.module for ms in chosen for m in ms}, inputs, stat)
+    result = []
+    for group, members in zip(space.groups, chosen):
+        total = np.zeros(group.width)
+        for member in members:
+            if member.module in means:  # a module never called (unused branch) scores nothing
+                total += map_member(member, means[member.module], group.width)
+        result.append(total)
+    return result

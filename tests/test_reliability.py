@@ -1,0 +1,128 @@
+"""Failing candidates, a killed driver, a killed write: the search goes on and loses nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from structsearch import config as C
+from structsearch.report import CANDIDATE_COLUMNS, read_candidates
+from trainables.common import injected_fault
+
+BASE = {
+    "seed": 1,
+    "model": {"name": "small_cnn"},
+    "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+    "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
+    "budget": {"macs_ratio": 0.5},
+    "search": {"searcher": "random", "candidates": 10, "epochs": 1, "lr": 0.02, "concurrent": 2},
+    "final": {"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E"]},
+}
+
+
+def test_faulty_candidates_are_recorded_and_skipped(tmp_path, ray_local):
+    from structsearch.pipeline import run_search
+
+    data = json.loads(json.dumps(BASE))
+    data["search"]["fault_injection"] = {"raise": 0.2, "nan": 0.1}
+    run = run_search(C.from_dict(data), out=str(tmp_path / "run"))
+    rows = read_candidates(run / "candidates.csv")
+    assert len(rows) == 10
+    faults = {tuple(r["widths"]): injected_fault(data["search"]["fault_injection"], r["widths"], 1) for r in rows}
+    assert sum(f is not None for f in faults.values()) >= 2, "the seed must inject some faults"
+    for r in rows:
+        fault = faults[tuple(r["widths"])]
+        if fault is None:
+            assert r["status"] == "ok" and r["val_acc"] > 0.1
+        else:
+            assert r["status"] == "error"
+            assert ("injected fault" if fault == "raise" else "non-finite") in r["error"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["search"]["errors"] == sum(f is not None for f in faults.values())
+    assert faults[tuple(summary["winner"]["widths"])] is None
+    assert summary["scratch_e"]["test_acc"] > 0.1
+
+
+def test_every_candidate_failing_stops_without_winner(tmp_path, ray_local):
+    from structsearch.pipeline import run_search
+
+    data = json.loads(json.dumps(BASE))
+    data["search"].update(candidates=3, fault_injection={"raise": 1.0})
+    with pytest.raises(RuntimeError, match="every candidate failed"):
+        run_search(C.from_dict(data), out=str(tmp_path / "run"))
+    rows = read_candidates(tmp_path / "run" / "candidates.csv")
+    assert [r["status"] for r in rows] == ["error"] * 3
+    assert not (tmp_path / "run" / "winner").exists()
+
+
+def _start(cfg_path, out, env_extra=None, resume=False):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
+    args = [sys.executable, "-m", "structsearch.cli", "search", str(cfg_path), "--out", str(out)]
+    if resume:
+        args.append("--resume")
+    # A new session, so killing the group takes Ray's local processes down with the driver.
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, text=True)
+
+
+def _kill_when(proc, condition, timeout=240):
+    start = time.time()
+    while time.time() - start < timeout:
+        if condition():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("condition never met")
+
+
+def _started_trials(out: Path) -> int:
+    search = out / "tune" / "search"
+    if not search.is_dir():
+        return 0
+    return sum(1 for d in search.iterdir() if d.is_dir())
+
+
+@pytest.mark.slow
+def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["search"].update(candidates=8, concurrent=1, searcher="abc", epochs=2,
+                          abc={"food_number": 3, "max_cycle": 3})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    out = tmp_path / "run"
+
+    # 1. Kill the driver once a few candidates have run (one at a time: the 4th started means
+    #    3 finished).
+    proc = _start(cfg, out)
+    assert _kill_when(proc, lambda: _started_trials(out) >= 4), proc.stdout.read()
+    assert not (out / "summary.json").exists()
+
+    # 2. Resume with a slowed writer and kill it in the middle of writing candidates.csv.
+    proc = _start(cfg, out, {"STRUCTSEARCH_TEST_SLOW_WRITE": "30"}, resume=True)
+    assert _kill_when(proc, lambda: (out / "candidates.csv.tmp").exists()), proc.stdout.read()
+    if (out / "candidates.csv").exists():  # never a torn file: absent or complete
+        read_candidates(out / "candidates.csv")
+
+    # 3. Resume again: completes with every candidate exactly once.
+    proc = _start(cfg, out, resume=True)
+    log, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, log[-3000:]
+    rows = read_candidates(out / "candidates.csv")
+    ids = [r["trial_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 8
+    assert len({tuple(r["widths"]) for r in rows}) == 8, "no candidate trained twice"
+    assert all(r["status"] == "ok" for r in rows)
+    assert {r["origin"].split(":")[0] for r in rows} == {"abc"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["search"]["evaluated"] == 8
+    assert (out / "winner" / "scratch_e" / "weights.pt").is_file()
+    assert list(CANDIDATE_COLUMNS[:3]) == ["trial_id", "searcher", "origin"]
