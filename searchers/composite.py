@@ -33,7 +33,7 @@ class CompositeSearch(SearchCore):
             self.asked += 1
             self.routes[token] = (index, got.token)
             self.pending[token] = (got.widths, got.origin)
-            return Proposal(token, got.widths, got.origin)
+            return Proposal(token, got.widths, got.origin, got.searcher or self.parts[index].name)
         return FINISHED if finished == len(self.parts) else None
 
     def tell(self, token, fitness):

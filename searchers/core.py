@@ -23,6 +23,7 @@ class Proposal:
     token: int
     widths: tuple[int, ...]
     origin: str
+    searcher: str | None = None  # the proposing part of a composite searcher
 
 
 class SearchCore:

@@ -49,6 +49,8 @@ class BaselineConfig:
     weight_decay: float = 1e-4
     schedule: str = "multistep"  # cosine | multistep | constant
     label_smoothing: float = 0.0
+    # Sparsity training: {kind: slimming, s: 1e-4} or {kind: group_lasso, lambda_n: .., lambda_c: ..}
+    sparsity: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,13 @@ class SearchConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     params: dict = field(default_factory=dict)  # {searcher name: {parameter: value}}
     abc: dict = field(default_factory=dict)
+    fitness: str = "train"  # train | adaptive_bn (EagleEye: recalibrate BN, no training)
+    scheduler: str = "fifo"  # fifo | asha (early stopping on val_acc, grace 1 epoch)
+    storage_path: str | None = None  # Tune storage (shared FS path or URI) for clusters
     max_failures: int = 0  # retries of a trial that raised (transient errors)
+    # Seeded proposals (uniform, global:<criterion>, ssl, paper presets): the seeded searcher's
+    # candidates, and the first sources / trials of abc, tpe and nsga2. Empty: searcher default.
+    seeds: tuple = ()
     fault_injection: dict = field(default_factory=dict)  # {raise: p, nan: p}: testing only
 
 
@@ -233,6 +241,10 @@ def _check(cfg: Config) -> None:
         bad("search.concurrent", f"must be >= 1, got {s.concurrent}")
     if s.resources.cpu <= 0 or s.resources.gpu < 0:
         bad("search.resources", f"cpu must be > 0 and gpu >= 0, got cpu={s.resources.cpu} gpu={s.resources.gpu}")
+    if s.fitness not in ("train", "adaptive_bn"):
+        bad("search.fitness", f"choose train or adaptive_bn, got '{s.fitness}'")
+    if s.scheduler not in ("fifo", "asha"):
+        bad("search.scheduler", f"choose fifo or asha, got '{s.scheduler}'")
     if s.max_failures < 0:
         bad("search.max_failures", f"must be >= 0, got {s.max_failures}")
     if s.lr <= 0:
@@ -244,6 +256,15 @@ def _check(cfg: Config) -> None:
         bad("final.finetune_epochs", f"must be >= 0, got {f.finetune_epochs}")
     if f.scratch_b_max_factor < 1:
         bad("final.scratch_b_max_factor", f"must be >= 1, got {f.scratch_b_max_factor}")
+    sparsity = cfg.baseline.sparsity or {}
+    if sparsity:
+        kinds = {"slimming": {"s", "modules"}, "group_lasso": {"lambda_n", "lambda_c", "modules", "include_linear"}}
+        kind = sparsity.get("kind")
+        if kind not in kinds:
+            bad("baseline.sparsity.kind", "choose slimming or group_lasso")
+        extra = set(sparsity) - kinds[kind] - {"kind"}
+        if extra:
+            bad(f"baseline.sparsity.{sorted(extra)[0]}", f"not a parameter of {kind} ({', '.join(sorted(kinds[kind]))})")
     for name, value in (s.params or {}).items():
         if name not in SEARCHERS or not isinstance(value, dict):
             bad(f"search.params.{name}", f"expected a mapping of parameters under a searcher name "

@@ -41,12 +41,13 @@ class PadShortcut(nn.Module):
         """Keep input channels ``in_keep`` and output channels ``out_keep`` (sorted indices)."""
         dest = self.dest.clone()
         if out_keep is not None:
-            new_pos = torch.full((self.out_channels,), -1, dtype=torch.long)
-            new_pos[out_keep] = torch.arange(len(out_keep))
+            out_keep = out_keep.to(dest.device)
+            new_pos = torch.full((self.out_channels,), -1, dtype=torch.long, device=dest.device)
+            new_pos[out_keep] = torch.arange(len(out_keep), device=dest.device)
             dest = torch.where(dest >= 0, new_pos[dest.clamp(min=0)], dest)
             self.out_channels = len(out_keep)
         if in_keep is not None:
-            dest = dest[in_keep]
+            dest = dest[in_keep.to(dest.device)]
             self.in_channels = len(in_keep)
         self.dest = dest
 

@@ -193,6 +193,7 @@ def stage_baseline(p: Prepared) -> dict:
         spec = baseline_spec(p.cfg)
         say(f"baseline: training {p.cfg.model.name} for {spec.epochs} epochs on {p.cfg.data.name}")
         train(p.model, p.splits.train, spec, val_split=p.splits.val, device=p.device, seed=p.cfg.seed,
+              regularizer=sparsity_regularizer(p.cfg),
               on_epoch=lambda e, m: say(f"  baseline epoch {e}/{spec.epochs}: val_acc "
                                         f"{100 * m['val_acc']:.2f}%"))
     val = evaluate(p.model, p.splits.val, device=p.device)
@@ -212,24 +213,92 @@ def stage_baseline(p: Prepared) -> dict:
     return metrics
 
 
-def stage_scores(p: Prepared) -> list[np.ndarray]:
-    file = p.run_dir / "scores.npz"
-    name = p.cfg.search.criterion
-    if file.is_file():
-        data = np.load(file, allow_pickle=False)
-        if str(data["criterion"]) == name and len(data.files) - 1 == len(p.space):
-            return [data[f"g{i}"] for i in range(len(p.space))]
+def sparsity_regularizer(cfg: Config):
+    """The baseline's sparsity training (Network Slimming or SSL), or None."""
+    from .sparsity import GroupLasso, SlimmingL1
+    params = dict(cfg.baseline.sparsity or {})
+    kind = params.pop("kind", None)
+    if kind is None:
+        return None
+    if "modules" in params:
+        params["modules"] = tuple(params["modules"])
+    return SlimmingL1(**params) if kind == "slimming" else GroupLasso(**params)
+
+
+def score_batches(p: Prepared, n_images: int = 640):
+    """A fixed sample of training batches for data-driven criteria (HRank: 5 x 128)."""
+    sub = p.splits.train.subset(min(n_images, len(p.splits.train)), seed=p.cfg.seed)
+    return list(sub.batches(128, shuffle=False, augment=False))
+
+
+def criterion_scores(p: Prepared, name: str) -> list[np.ndarray]:
+    """Channel scores of criterion ``name`` on the baseline, cached under RUN_DIR/scores."""
+    from .criteria.cache import cached_scores
     params = {"seed": p.cfg.seed} if name == "random" else {}
     criterion = criteria_mod.get(name, **params)
-    batches = None
-    if getattr(criterion, "needs_data", False):
-        batches = list(p.splits.train.subset(min(640, len(p.splits.train)), seed=p.cfg.seed)
-                       .batches(128, shuffle=False, augment=False))
-    scores = criterion.scores(p.model.cpu(), p.space, batches)
-    tmp = p.run_dir / "scores.tmp.npz"
-    np.savez(tmp, criterion=np.array(name), **{f"g{i}": s for i, s in enumerate(scores)})
-    os.replace(tmp, file)
-    return scores
+    batches = score_batches(p) if getattr(criterion, "needs_data", False) else None
+    return cached_scores(criterion, p.model.cpu(), p.space, batches, p.run_dir / "scores",
+                         data_key=f"{p.cfg.data.name}:{p.cfg.seed}")
+
+
+def stage_scores(p: Prepared) -> list[np.ndarray]:
+    return criterion_scores(p, p.cfg.search.criterion)
+
+
+DEFAULT_SEEDS = ("uniform", "global:l1", "global:bn_scale", "global:hrank")
+
+
+def seed_proposals(p: Prepared, names) -> list[dict]:
+    """Width vectors of the named seeded proposals under the budget (``global:<criterion>``
+    ranks one criterion's scores globally; presets apply to their own model)."""
+    from . import seeds
+    out = []
+    for entry in names:
+        name, _, crit = str(entry).partition(":")
+        try:
+            if name == "global":
+                crit = crit or p.cfg.search.criterion
+                widths = seeds.propose("global", p.model, p.space, macs=p.max_macs,
+                                       scores=criterion_scores(p, crit))
+            elif name in seeds.names():
+                widths = seeds.propose(name, p.model, p.space, macs=p.max_macs)
+            else:
+                raise KeyError(name)
+        except KeyError:
+            raise ConfigError(f"search.seeds: unknown proposal '{entry}'; choose from "
+                              f"{', '.join(seeds.names())} or global:<criterion>") from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"search.seeds: '{entry}' does not apply to {p.cfg.model.name}: "
+                              f"{str(exc).splitlines()[0]}") from None
+        out.append({"origin": str(entry), "widths": [int(w) for w in widths]})
+    return out
+
+
+def default_seeds(p: Prepared) -> list[str]:
+    from . import seeds
+    names = list(DEFAULT_SEEDS)
+    short = p.cfg.model.name.replace("cifar_", "")
+    names += [n for n in seeds.names() if n.split("_", 1)[-1].startswith(short)
+              and n.split("_", 1)[-1] in (short, short + "_a", short + "_b")]
+    return names
+
+
+def searcher_params(p: Prepared) -> dict:
+    """Parameters of every searcher in ``search.searcher`` (``a+b`` too), with the seeded
+    proposals and channel scores the numpy-only searchers cannot compute themselves."""
+    s = p.cfg.search
+    params = {k: dict(v) for k, v in (s.params or {}).items()}
+    if s.abc:
+        params.setdefault("abc", {}).update(s.abc)
+    for name in s.searcher.split("+"):
+        own = params.setdefault(name, {})
+        if name == "seeded" and "proposals" not in own:
+            own["proposals"] = seed_proposals(p, s.seeds or default_seeds(p))
+        elif name in ("abc", "tpe", "nsga2") and s.seeds and "initial" not in own:
+            own["initial"] = seed_proposals(p, s.seeds)
+        elif name == "dropnet" and "scores" not in own:
+            own["scores"] = criterion_scores(p, "activation")
+    return params
 
 
 class _Progress:
@@ -293,13 +362,43 @@ def _setup(p: Prepared, scores, baseline: dict):
     spec = dataclasses.replace(baseline_spec(p.cfg), epochs=s.epochs, lr=s.lr, schedule=s.schedule)
     return TrialSetup(model_name=p.cfg.model.name, model_kwargs=p.model_kwargs, data_spec=p.data_spec,
                       space=p.space, scores=scores, train=spec, seed=p.cfg.seed,
-                      baseline_macs=int(baseline["macs"]), fault_injection=dict(s.fault_injection))
+                      baseline_macs=int(baseline["macs"]), fault_injection=dict(s.fault_injection),
+                      fitness=s.fitness)
 
 
-def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[dict]:
+def build_searcher(p: Prepared):
+    """The searcher core with its parameters, checked before Ray starts."""
+    import searchers
+    s = p.cfg.search
+    params = searcher_params(p)
+    own = params if "+" in s.searcher else params.get(s.searcher, {})
+    try:
+        return searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
+                               seed=p.cfg.seed, params=own)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"search.params.{s.searcher}: {str(exc).splitlines()[0]}") from None
+
+
+def tune_storage(p: Prepared) -> Path:
+    """Where Tune keeps its experiments: RUN_DIR/tune, or ``search.storage_path`` (a path every
+    node of a cluster can reach)."""
+    if p.cfg.search.storage_path:
+        return Path(p.cfg.search.storage_path).expanduser().resolve() / p.run_dir.name
+    return p.run_dir / "tune"
+
+
+def _scheduler(p: Prepared):
+    s = p.cfg.search
+    if s.scheduler != "asha" or s.fitness == "adaptive_bn" or s.epochs < 2:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+    return ASHAScheduler(metric="val_acc", mode="max", grace_period=1, max_t=s.epochs,
+                         reduction_factor=2)
+
+
+def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> list[dict]:
     from ray import tune
 
-    import searchers
     from searchers.adapter import TuneSearcher
     from trainables.candidate import candidate_trainable
 
@@ -309,10 +408,10 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
     trainable = tune.with_resources(
         tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
         {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
-    storage = p.run_dir / "tune"
+    storage = tune_storage(p)
     exp = storage / "search"
     start = time.perf_counter()
-    progress = _Progress(s.candidates, "candidate")
+    progress = _Progress(core.num_candidates, "candidate")
     if resume and tune.Tuner.can_restore(str(exp)):
         say(f"search: resuming {exp}")
         tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=False,
@@ -320,12 +419,6 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
     else:
         if exp.exists():
             shutil.rmtree(exp)
-        params = {k: dict(v) for k, v in (s.params or {}).items()}
-        if s.abc:
-            params.setdefault("abc", {}).update(s.abc)
-        own = params if "+" in s.searcher else params.get(s.searcher, {})
-        core = searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
-                               seed=p.cfg.seed, params=own)
         search_alg = TuneSearcher(core, metric="val_acc")
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates x "
             f"{s.epochs} epochs, {s.concurrent} at a time, budget {p.max_macs / 1e6:.3f} M MACs")
@@ -333,6 +426,7 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
             trainable,
             tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=core.num_candidates,
                                         max_concurrent_trials=s.concurrent, reuse_actors=True,
+                                        scheduler=_scheduler(p),
                                         trial_dirname_creator=_trial_dirname,
                                         trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
@@ -345,6 +439,8 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
         cfg = result.config or {}
         m = result.metrics or {}
         status = "error" if result.error is not None or m.get("status") == "error" else "ok"
+        if status == "ok" and s.fitness == "train" and m.get("epoch", 0) < s.epochs:
+            status = "stopped"  # ended early by the scheduler; its accuracy is not comparable
         widths = cfg.get("widths", [])
         error = str(result.error).splitlines()[-1][:200] if result.error is not None else m.get("error", "")
         macs = m.get("macs", p.space.macs(widths) if widths else None)
@@ -354,10 +450,10 @@ def stage_search(p: Prepared, scores, baseline: dict, *, resume: bool) -> list[d
             "widths": widths, "macs": macs,
             "params": m.get("params", p.space.params(widths) if widths else None),
             "macs_ratio": (macs / baseline["macs"]) if macs else None,
-            "val_acc": m.get("val_acc") if status == "ok" else None,
+            "val_acc": m.get("val_acc") if status != "error" else None,
             "epochs": m.get("epoch", 0), "seconds": round(float(m.get("time_total_s", 0.0)), 2),
             "status": status, "error": error,
-            "_checkpoint": result.checkpoint.path if (result.checkpoint and status == "ok") else None,
+            "_checkpoint": result.checkpoint if (result.checkpoint and status == "ok") else None,
             "_token": cfg.get("token", 0),
         })
     rows.sort(key=lambda r: r["_token"])
@@ -414,14 +510,14 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         tune.with_parameters(final_trainable, setup=setup, baseline_state=state, winner_state=winner_state),
         {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     say("final: " + ", ".join(f"{r['protocol']} {r['epochs']} ep" for r in runs) + " in parallel")
-    exp = p.run_dir / "tune" / "final"
+    exp = tune_storage(p) / "final"
     if exp.exists():
         shutil.rmtree(exp)
     tuner = tune.Tuner(
         trainable, param_space={"run": tune.grid_search(runs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=len(runs), trial_dirname_creator=_trial_dirname,
                                     trial_name_creator=_trial_dirname),
-        run_config=tune.RunConfig(name="final", storage_path=str(p.run_dir / "tune"), verbose=0,
+        run_config=tune.RunConfig(name="final", storage_path=str(tune_storage(p)), verbose=0,
                                   callbacks=[_Progress(len(runs), "final")]))
     results = tuner.fit()
     from trainables.common import build_pruned_model
@@ -434,7 +530,8 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         m = result.metrics
         entry = {k: m.get(k) for k in ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")}
         out = p.run_dir / "winner" / key
-        weights = load_state_dict_file(Path(result.checkpoint.path) / "weights.pt")
+        with result.checkpoint.as_directory() as ckpt_dir:
+            weights = load_state_dict_file(Path(ckpt_dir) / "weights.pt")
         model = build_pruned_model(setup, None, winner["widths"], inherit=False)
         model.load_state_dict(weights)
         save_pruned(model, p.space, winner["widths"], out)
@@ -446,7 +543,8 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
 def save_winner(p: Prepared, winner: dict, setup_scores) -> dict:
     """Copy the winning candidate's trained weights to winner/ (arch.json + weights.pt)."""
     from trainables.common import build_pruned_model
-    state = load_state_dict_file(Path(winner["_checkpoint"]) / "weights.pt")
+    with winner["_checkpoint"].as_directory() as ckpt_dir:
+        state = load_state_dict_file(Path(ckpt_dir) / "weights.pt")
     setup = _setup(p, setup_scores, {"macs": p.space.full_macs})
     model = build_pruned_model(setup, None, winner["widths"], inherit=False)
     model.load_state_dict(state)
@@ -458,7 +556,9 @@ def save_winner(p: Prepared, winner: dict, setup_scores) -> dict:
 def _clean_checkpoints(rows: list[dict], winner: dict | None) -> None:
     for r in rows:
         if r.get("_checkpoint") and (winner is None or r is not winner):
-            shutil.rmtree(r["_checkpoint"], ignore_errors=True)
+            local = Path(r["_checkpoint"].path)
+            if local.is_dir():  # remote storage keeps its checkpoints
+                shutil.rmtree(local, ignore_errors=True)
 
 
 def run_search(cfg: Config, *, out: str | None = None, config_path: str | None = None,
@@ -481,12 +581,14 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
         config_mod.dump(cfg, saved, extra=extra)
     baseline = stage_baseline(p)
     scores = stage_scores(p)
+    core = build_searcher(p)
     started = time.perf_counter()
     init_ray(address)
-    rows = stage_search(p, scores, baseline, resume=resume)
+    rows = stage_search(p, scores, baseline, core, resume=resume)
     search_seconds = time.perf_counter() - started
     winner = pick_winner(rows, p.max_macs)
     report.write_candidates(rows, run_dir / "candidates.csv")
+    report.write_width_histograms(rows, p.space.full_widths, tune_storage(p) / "widths")
     summary = {
         "baseline": baseline,
         "budget": {"max_macs": p.max_macs, "macs_ratio": p.max_macs / baseline["macs"]},

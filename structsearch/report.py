@@ -173,3 +173,23 @@ def render(run_dir) -> Path:
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")
     return path
+
+
+def write_width_histograms(rows: list[dict], full_widths, logdir: Path) -> None:
+    """TensorBoard histograms of each candidate's kept fraction per group (one step per
+    candidate, in proposal order), beside Tune's per-trial scalars."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboardX is a dependency
+        return
+    import numpy as np
+    full = np.asarray(full_widths, dtype=np.float64)
+    with SummaryWriter(str(logdir)) as writer:
+        for step, r in enumerate(rows):
+            if not r["widths"]:
+                continue
+            ratios = np.asarray(r["widths"], dtype=np.float64) / full
+            writer.add_histogram("candidate/width_ratio", ratios, step)
+            if r.get("val_acc") is not None:
+                writer.add_scalar("candidate/val_acc", r["val_acc"], step)
+            writer.add_scalar("candidate/macs_ratio", r.get("macs_ratio") or 0.0, step)

@@ -146,8 +146,9 @@ class WidthSpace:
                    model_kwargs: dict | None = None) -> "WidthSpace":
         """Trace ``model`` on one input of ``input_shape`` (C, H, W) and discover its groups.
 
-        ``ignore`` holds module names or glob patterns; a group with any matching member is
-        not searchable. The classifier output and the input channels are never searchable.
+        ``ignore`` holds module names or glob patterns; a group whose output channels are
+        produced by a matching layer is not searchable (layers that only read a group's
+        channels do not freeze it). The classifier output and the input channels are never searchable.
         """
         import torch_pruning as tp
 
@@ -178,7 +179,7 @@ class WidthSpace:
                 continue
             if reason is None:
                 for pattern in ignore:
-                    if any(fnmatch.fnmatchcase(m, pattern) for m in group.modules):
+                    if any(fnmatch.fnmatchcase(m, pattern) for m in group.producers):
                         reason = f"ignored by '{pattern}'"
                         break
             if reason is None and group.width < 2:

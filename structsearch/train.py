@@ -260,3 +260,28 @@ def _empty_metrics() -> dict:
         "images_per_s": None,
         "seconds": 0.0,
     }
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, split, *, batches: int = 50, batch_size: int = 128,
+                   device="cpu", seed: int = 0) -> nn.Module:
+    """Adaptive BN (EagleEye, Li et al. 2020): re-estimate every BN layer's running statistics
+    on ``batches`` training batches with no gradient step, so a freshly pruned network can be
+    ranked by validation accuracy without training. Returns ``model`` (modified in place)."""
+    device = torch.device(device)
+    model.to(device)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i, (x, _) in enumerate(split.batches(batch_size, shuffle=True, augment=False, seed=seed,
+                                             device=device)):
+        if i >= batches:
+            break
+        model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+    return model

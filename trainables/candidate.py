@@ -9,7 +9,7 @@ import time
 import torch
 from ray import tune
 
-from structsearch.train import train
+from structsearch.train import evaluate, recalibrate_bn, train
 
 from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial,
                      injected_fault, load_splits, widths_seed)
@@ -47,9 +47,21 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
         else:
             reports.append(result)
 
+    if setup.fitness == "adaptive_bn":
+        # EagleEye's cheap fitness: recalibrated BN statistics, no gradient step.
+        recalibrate_bn(model, splits.train, batches=50, batch_size=setup.train.batch_size,
+                       device=device, seed=seed)
+        val = evaluate(model, splits.val, device=device)
+        acc = val["top1"] if math.isfinite(val["loss"]) else 0.0
+        reports.append(dict(facts, epoch=0, val_acc=acc, val_loss=val["loss"], train_loss=None,
+                            seconds=time.perf_counter() - start))
+        if not math.isfinite(val["loss"]):
+            reports[-1].update(status="error", error="non-finite validation loss")
+        epochs = 0
     try:
-        train(model, splits.train, setup.train, val_split=splits.val, device=device, seed=seed,
-              on_epoch=on_epoch)
+        if epochs:
+            train(model, splits.train, setup.train, val_split=splits.val, device=device, seed=seed,
+                  on_epoch=on_epoch)
     except FloatingPointError as exc:
         # A diverged candidate is a result, not a crash: report it as failed with its reason.
         tune.report(dict(facts, epoch=0, val_acc=0.0, status="error", error=str(exc),

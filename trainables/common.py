@@ -31,6 +31,7 @@ class TrialSetup:
     seed: int = 0
     baseline_macs: int = 0
     fault_injection: dict = field(default_factory=dict)
+    fitness: str = "train"  # "train": k epochs then val accuracy; "adaptive_bn": EagleEye
 
 
 def device_for_trial() -> str:
