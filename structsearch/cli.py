@@ -105,6 +105,10 @@ def _export(args) -> int:
 
     run_dir = Path(args.run_dir)
     src = run_dir / "winner" if args.which == "winner" else run_dir / "winner" / args.which
+    if not (src / "arch.json").is_file():
+        from .config import ConfigError
+        raise ConfigError(f"{src / 'arch.json'} not found; pass the directory of a finished "
+                          f"`structsearch search` run (or --which winner|finetune|scratch_e|scratch_b)")
     model = load_pruned(src)
     arch = read_arch(src)
     out = Path(args.out) if args.out else run_dir / f"pruned_{args.which}.{args.format}"

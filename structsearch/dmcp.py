@@ -112,8 +112,9 @@ def budget_loss(expected_macs: torch.Tensor, target_macs: float, kind: str = "lo
                 tolerance: float = 0.05, far: float = 0.1) -> torch.Tensor:
     """Budget penalty of expected MACs against target ``T`` (MACs).
 
-    ``log_l1``: 0 inside ``[(1 - tolerance) T, T]``, else ``log(ratio * d)`` with ``d`` the
-    distance in MACs to the nearer edge (at least 1) and ``ratio = 0.1`` when ``d > far * T``.
+    ``log_l1``: 0 inside ``[(1 - tolerance) T, T]``, else ``log(ratio * (d + tolerance * T))``
+    with ``d`` the distance in MACs to the nearer edge and ``ratio = 0.1`` when
+    ``|E - T| > far * T``.
     ``l1``: ``|E/T - 1|``; ``l2``: ``(E/T - 1)^2``.
     """
     t = float(target_macs)
@@ -126,8 +127,11 @@ def budget_loss(expected_macs: torch.Tensor, target_macs: float, kind: str = "lo
         raise ValueError(f"budget loss must be one of {', '.join(BUDGET_LOSSES)}, got {kind!r}")
     lower = (1.0 - tolerance) * t
     edge = torch.where(e < lower, torch.full_like(e, lower), torch.full_like(e, t))
-    d = (e - edge).abs().clamp(min=1.0)
-    ratio = torch.where(d > far * t, torch.full_like(e, 0.1), torch.ones_like(e))
+    # Distance to the nearer edge plus the band's width (= the distance to the far edge, as in
+    # the official code): the log stays finite at the edge, and its gradient, at most
+    # 1 / (tolerance * T) per MAC, cannot spike into an optimiser's momentum and overshoot.
+    d = (e - edge).abs() + max(tolerance * t, 1.0)
+    ratio = torch.where((e - t).abs() > far * t, torch.full_like(e, 0.1), torch.ones_like(e))
     inside = (e >= lower) & (e <= t)
     return torch.where(inside, torch.zeros_like(e), torch.log(ratio * d))
 
@@ -265,14 +269,18 @@ class DMCPSupernet(nn.Module):
                 h.remove()
         return {name for name, out in produced if any(out is c for c in consumed)}
 
+    def _scale(self, t: int) -> torch.Tensor | None:
+        if self._mode == "full":
+            return None
+        if self._mode == "arch":
+            return self._soft[getattr(self, f"_blk_{t}")]
+        return self._mask[getattr(self, f"_pos_{t}")]
+
     def _hook(self, t: int, linear: bool) -> Callable:
         def fn(module, inputs, output):
-            if self._mode == "full":
+            scale = self._scale(t)
+            if scale is None:
                 return None
-            if self._mode == "arch":
-                scale = self._soft[getattr(self, f"_blk_{t}")]
-            else:
-                scale = self._mask[getattr(self, f"_pos_{t}")]
             scale = scale.to(output.dtype)
             if not linear:
                 scale = scale.view(1, -1, *([1] * (output.dim() - 2)))
@@ -311,6 +319,21 @@ class DMCPSupernet(nn.Module):
     @property
     def mode(self) -> str:
         return self._mode
+
+    def channel_scales(self) -> dict[str, torch.Tensor]:
+        """Module name -> the per-output-channel scale the current mode applies (``full``: all
+        ones). For inspection and tests; the hooks compute the same vectors."""
+        if self._mode == "arch":
+            self._soft = torch.cat([torch.ones(1, device=self._cost_coef.device)]
+                                   + [P.float() for P in self.marginals()])
+        try:
+            out = {}
+            for t, name in enumerate(self._target_names):
+                scale = self._scale(t)
+                out[name] = torch.ones(len(getattr(self, f"_pos_{t}"))) if scale is None else scale
+            return out
+        finally:
+            self._soft = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._mode == "arch":
@@ -602,7 +625,7 @@ def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weigh
 
     w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=lr_weights, momentum=momentum,
                             weight_decay=weight_decay)
-    a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=lr_arch, weight_decay=0.0)
+    import os; a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=lr_arch, weight_decay=0.0, betas=(float(os.environ.get("B1", 0.9)), float(os.environ.get("B2", 0.999))))
     full_macs = float(space.full_macs)
     history: list[dict] = []
     metrics: dict = {}
@@ -626,6 +649,9 @@ def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weigh
             loss_sum += ce * y.shape[0]
             seen += y.shape[0]
             if step >= arch_start:
+                progress = (step - arch_start) / max(total_steps - arch_start, 1)
+                for group in a_opt.param_groups:
+                    group["lr"] = 0.5 * lr_arch * (1.0 + math.cos(math.pi * progress))
                 info = arch_step(supernet, x, y, a_opt, target_macs=target_macs,
                                  budget_weight=budget_weight, budget_kind=budget_kind, device=device)
                 last_budget = info["budget_loss"]

@@ -56,3 +56,9 @@ def test_dump_round_trip(tmp_path):
     data = C.read_yaml(tmp_path / "c.yaml")
     data.pop("_resolved")
     assert C.from_dict(data) == cfg
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = C.load(path)
+    assert cfg.budget.macs_ratio is not None or cfg.budget.macs is not None
