@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .artificial_bee_colony import ArtificialBeeColony
+from .dmcp import DMCPSampler
 from .dropnet import DropNetSchedule
 from .optuna_search import NSGA2Search, TPESearch
 from .seeded import SeededProposals
@@ -15,6 +16,7 @@ _REGISTRY = {
     "tpe": TPESearch,
     "nsga2": NSGA2Search,
     "dropnet": DropNetSchedule,
+    "dmcp": DMCPSampler,
     "random": RandomSearch,
     "uniform": UniformSweep,
 }
@@ -46,5 +48,5 @@ def build(name: str, space, *, max_macs: float, num_candidates: int, seed: int =
                            **(params or {}))
 
 
-__all__ = ["ArtificialBeeColony", "SeededProposals", "TPESearch", "NSGA2Search", "DropNetSchedule", "FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
+__all__ = ["ArtificialBeeColony", "DMCPSampler", "SeededProposals", "TPESearch", "NSGA2Search", "DropNetSchedule", "FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
            "max_uniform_ratio", "names", "build"]

@@ -57,11 +57,12 @@ def walk(rng: np.random.Generator, probs, chains, n: int) -> np.ndarray:
 class DMCPSampler(SearchCore):
     """ES point, then in-window DS samples from learned DMCP chains (see the module docstring).
 
-    Give the chains as ``chains`` (the dict ``DMCPSupernet.export()`` returns, or its JSON
-    file/directory path) or as ``probs`` (per-group transition probabilities) plus
-    ``chain_widths`` (per-group ``[min, b_1, ..., b_K]``). ``target_macs`` (default: the budget
-    ``max_macs``) is the DS target; a sample is kept when its MACs are within ``tol *
-    target_macs`` of it. ``max_draws`` bounds the chain walks spent per proposal.
+    Give the chains as ``chains`` (the dict ``DMCPSupernet.export()`` returns, with ``groups``
+    keyed by index or listed in order, or its JSON file/directory path) or as ``probs``
+    (per-group transition probabilities) plus ``chain_widths`` (per-group ``[min, b_1, ...,
+    b_K]``). ``target_macs`` (default: the budget ``max_macs``) is the DS target; a sample is
+    kept when its MACs are within ``tol * target_macs`` of it. ``max_draws`` bounds the chain
+    walks spent per proposal before falling back to projected walks.
     """
 
     name = "dmcp"
@@ -74,6 +75,8 @@ class DMCPSampler(SearchCore):
             if isinstance(chains, (str, Path)):
                 chains = read_export(chains)
             groups = chains["groups"]
+            if isinstance(groups, dict):  # the export's form: keyed by group index
+                groups = [groups[k] for k in sorted(groups, key=int)]
             probs = [g["p"] for g in groups]
             chain_widths = [g["widths"] for g in groups]
             names = [g.get("name") for g in groups]
@@ -92,7 +95,8 @@ class DMCPSampler(SearchCore):
             if np.any((p < 0) | (p > 1)):
                 raise ValueError(f"chain {g} has probabilities outside [0, 1]")
             if chain[-1] != space.groups[g].width:
-                raise ValueError(f"chain {g} ends at {chain[-1]} but the group is {space.groups[g].width} wide")
+                raise ValueError(f"chain {g} ends at {chain[-1]} but the group is "
+                                 f"{space.groups[g].width} wide")
         self.target_macs = float(max_macs if target_macs is None else target_macs)
         self.tol = float(tol)
         self.max_draws = int(max_draws)

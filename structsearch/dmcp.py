@@ -23,20 +23,27 @@ differentiable in alpha and equal ``space.macs(w)`` when every ``p`` is 0 or 1.
 
 Choices where the paper leaves room (all recorded here so runs can be compared):
 
-- Weight optimiser: SGD, momentum 0.9, weight decay 1e-4 (5e-5 in the paper's MobileNet runs),
-  cosine learning rate over all steps. Architecture optimiser: Adam (betas 0.9/0.999), no weight
-  decay, constant learning rate. Architecture steps use the same batch as the weight step before
-  them, as the official runner does.
+- Weight optimiser: SGD, momentum 0.9, weight decay 1e-4, cosine learning rate over all
+  steps. Architecture optimiser: Adam (betas 0.9/0.999), no weight decay, learning rate
+  ``lr_arch`` decayed by a cosine over the architecture phase (the official runner also steps
+  an architecture LR scheduler); without the decay Adam keeps oscillating around the band.
+  Architecture steps use the same batch as the weight step before them, as the official
+  runner does.
 - BatchNorm running statistics follow the largest network only: the smaller sandwich nets and
   the architecture forward run with BN momentum 0, so ``val_acc`` of the largest network is
   measured with its own statistics.
 - Random sandwich widths: uniform over each group's grid (from the chain minimum up) with
   probability ``1 - step / total_steps``, else a direct sample from the chains.
-- ``log_l1`` budget loss: the distance is measured to the nearer edge of ``[0.95 T, T]``
-  (ALGORITHMS.md); "far" means farther than ``0.1 T`` (the official code's threshold is 200
-  MFLOPs, which has no unit-free meaning). As in the official code the 0.1 factor sits inside
-  the log, so it shifts the reported loss but never the gradient. ``l1``/``l2`` are measured on
-  ``E / T`` so their scale does not depend on the model's size.
+- ``log_l1`` budget loss: outside ``[0.95 T, T]`` it is ``log(d + 0.05 T)`` with ``d`` the
+  distance to the nearer edge, which is exactly the official code's distance to the far edge.
+  The plain ``log(d)`` is singular at the edge: its gradient spikes as E reaches the band, the
+  spike sits in Adam's momentum and E overshoots far past T (observed on the digits mini run:
+  up to 1.7 T). "Far" means ``|E - T| > 0.1 T`` (the official threshold, 200 MFLOPs, has no
+  unit-free meaning); as in the official code the 0.1 factor sits inside the log, so it shifts
+  the reported loss but never the gradient. ``l1``/``l2`` are measured on ``E / T`` so their
+  scale does not depend on the model's size.
+- ES rounds each expected width to the nearest grid width by default (``round_to="block"``
+  rounds to the nearest chain width instead).
 - A chain walk keeps block ``k`` while ``U < p_k`` (``U`` uniform in [0, 1)), i.e. stops at the
   first ``U >= p_k``: the same law as "stop at the first U > p_k", exact at ``p`` = 0 and 1.
 """
@@ -214,8 +221,9 @@ class DMCPSupernet(nn.Module):
         self._mask: torch.Tensor | None = None  # hard mask over positions (+ trailing 1)
         self._soft: torch.Tensor | None = None  # [1, P...] for the current arch forward
         self._widths: np.ndarray | None = None
-        self._handles = [modules[name].register_forward_hook(self._hook(t, isinstance(modules[name], nn.Linear)))
-                         for t, name in enumerate(self._target_names)]
+        self._handles = [
+            modules[name].register_forward_hook(self._hook(t, isinstance(modules[name], nn.Linear)))
+            for t, name in enumerate(self._target_names)]
 
     # ------------------------------------------------------------------ construction helpers
     def _scaled_outputs(self) -> dict[str, np.ndarray]:
@@ -444,8 +452,9 @@ class DMCPSupernet(nn.Module):
             a.copy_(v)
 
     def export(self, target_macs: float | None = None) -> dict:
-        """JSON-able chains for :class:`searchers.dmcp.DMCPSampler`: per group the chain widths
-        (minimum first), transition probabilities and alphas; plus the ES point and its MACs."""
+        """JSON-able chains for :class:`searchers.dmcp.DMCPSampler`: ``groups["<index>"]`` holds
+        each group's ``name``, ``width``, chain ``widths`` (minimum first), transition
+        probabilities ``p`` and ``alpha``; plus the expected widths, the ES point and their MACs."""
         probs = self.probs()
         es = self.expected_widths()
         out = {
@@ -453,9 +462,12 @@ class DMCPSupernet(nn.Module):
             "method": "dmcp",
             "num_blocks": self.num_blocks,
             "min_ratio": self.min_ratio,
-            "groups": [{"name": g.name, "width": int(g.width), "widths": [int(v) for v in chain],
-                        "p": [float(v) for v in p], "alpha": alpha}
-                       for g, chain, p, alpha in zip(self.space.groups, self.chains, probs, self.alphas())],
+            # Keyed by group index rather than a list of records, so that Ray Tune's loggers,
+            # which flatten nested dicts, see only numbers, strings and lists of numbers.
+            "groups": {str(i): {"name": g.name, "width": int(g.width), "widths": [int(v) for v in chain],
+                                "p": [float(v) for v in p], "alpha": alpha}
+                       for i, (g, chain, p, alpha) in enumerate(zip(self.space.groups, self.chains,
+                                                                     probs, self.alphas()))},
             "expected_widths": [float(v) for v in self.expected_width_values()],
             "expected_macs": float(self.expected_macs().detach()),
             "es_widths": [int(v) for v in es],
@@ -625,7 +637,7 @@ def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weigh
 
     w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=lr_weights, momentum=momentum,
                             weight_decay=weight_decay)
-    import os; a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=lr_arch, weight_decay=0.0, betas=(float(os.environ.get("B1", 0.9)), float(os.environ.get("B2", 0.999))))
+    a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=lr_arch, weight_decay=0.0)
     full_macs = float(space.full_macs)
     history: list[dict] = []
     metrics: dict = {}

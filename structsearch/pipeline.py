@@ -283,7 +283,21 @@ def default_seeds(p: Prepared) -> list[str]:
     return names
 
 
-def searcher_params(p: Prepared) -> dict:
+DMCP_SUPERNET_KEYS = ("epochs", "lr_weights", "lr_arch", "num_blocks", "budget_loss", "budget_weight",
+                      "batch_size", "min_ratio")
+
+
+def dmcp_supernet_config(p: Prepared) -> dict:
+    """The supernet trial's config: ``search.params.dmcp`` keys for it, with defaults sized to
+    the run (twice the candidate epochs, at least 4; the search lr for weights)."""
+    own = dict((p.cfg.search.params or {}).get("dmcp", {}))
+    conf = {"epochs": max(4, 2 * p.cfg.search.epochs), "lr_weights": p.cfg.search.lr * 2,
+            "lr_arch": 0.2, "num_blocks": 9, "target_macs": p.max_macs}
+    conf.update({k: v for k, v in own.items() if k in DMCP_SUPERNET_KEYS})
+    return conf
+
+
+def searcher_params(p: Prepared, chains: dict | None = None) -> dict:
     """Parameters of every searcher in ``search.searcher`` (``a+b`` too), with the seeded
     proposals and channel scores the numpy-only searchers cannot compute themselves."""
     s = p.cfg.search
@@ -298,6 +312,10 @@ def searcher_params(p: Prepared) -> dict:
             own["initial"] = seed_proposals(p, s.seeds)
         elif name == "dropnet" and "scores" not in own:
             own["scores"] = criterion_scores(p, "activation")
+        elif name == "dmcp":
+            for key in DMCP_SUPERNET_KEYS:
+                own.pop(key, None)
+            own["chains"] = chains
     return params
 
 
@@ -366,17 +384,68 @@ def _setup(p: Prepared, scores, baseline: dict):
                       fitness=s.fitness)
 
 
-def build_searcher(p: Prepared):
-    """The searcher core with its parameters, checked before Ray starts."""
+def build_searcher(p: Prepared, chains: dict | None = None):
+    """The searcher core with its parameters, checked before Ray starts. DMCP's sampler needs
+    the supernet's chains: before they exist it is checked with uniform placeholder chains."""
     import searchers
     s = p.cfg.search
-    params = searcher_params(p)
+    if "dmcp" in s.searcher.split("+") and chains is None:
+        chains = _placeholder_chains(p)
+    params = searcher_params(p, chains)
     own = params if "+" in s.searcher else params.get(s.searcher, {})
     try:
         return searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
                                seed=p.cfg.seed, params=own)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"search.params.{s.searcher}: {str(exc).splitlines()[0]}") from None
+
+
+def _placeholder_chains(p: Prepared) -> dict:
+    from .dmcp import DMCPSupernet
+    conf = dmcp_supernet_config(p)
+    supernet = DMCPSupernet(models.build(p.cfg.model.name, **p.model_kwargs), p.space,
+                            num_blocks=int(conf["num_blocks"]),
+                            min_ratio=float(conf.get("min_ratio", p.space.min_ratio)))
+    try:
+        return supernet.export(target_macs=p.max_macs)
+    finally:
+        supernet.remove_hooks()
+
+
+def stage_supernet(p: Prepared, scores, baseline: dict) -> dict:
+    """DMCP: train the supernet's Markov chains under the budget as one Ray trial; the chains go
+    to RUN_DIR/dmcp/dmcp.json (reused on --resume)."""
+    from ray import tune
+
+    from trainables.dmcp_supernet import dmcp_trainable
+
+    out = p.run_dir / "dmcp" / "dmcp.json"
+    if out.is_file():
+        say(f"dmcp: reusing {out}")
+        return json.loads(out.read_text())
+    s = p.cfg.search
+    conf = dmcp_supernet_config(p)
+    setup = _setup(p, scores, baseline)
+    state = {k: v.cpu() for k, v in p.model.state_dict().items()}
+    trainable = tune.with_resources(
+        tune.with_parameters(dmcp_trainable, setup=setup, baseline_state=state),
+        {"cpu": max(s.resources.cpu, 1), "gpu": s.resources.gpu})
+    exp = tune_storage(p) / "dmcp"
+    if exp.exists():
+        shutil.rmtree(exp)
+    say(f"dmcp: training the supernet for {conf['epochs']} epochs towards {p.max_macs / 1e6:.3f} M MACs")
+    tuner = tune.Tuner(trainable, param_space=conf,
+                       tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname,
+                                                   trial_name_creator=_trial_dirname),
+                       run_config=tune.RunConfig(name="dmcp", storage_path=str(tune_storage(p)), verbose=0))
+    result = tuner.fit()[0]
+    if result.error is not None:
+        raise RuntimeError(f"the DMCP supernet trial failed: {str(result.error).splitlines()[-1][:300]}")
+    chains = result.metrics["dmcp"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report.write_json(chains, out)
+    say(f"dmcp: expected MACs {100 * result.metrics.get('expected_macs_ratio', 0):.1f}% of the baseline")
+    return chains
 
 
 def tune_storage(p: Prepared) -> Path:
@@ -584,6 +653,8 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     core = build_searcher(p)
     started = time.perf_counter()
     init_ray(address)
+    if "dmcp" in cfg.search.searcher.split("+"):
+        core = build_searcher(p, stage_supernet(p, scores, baseline))
     rows = stage_search(p, scores, baseline, core, resume=resume)
     search_seconds = time.perf_counter() - started
     winner = pick_winner(rows, p.max_macs)

@@ -247,29 +247,36 @@ def test_coupled_groups_share_masks_and_match_the_pruned_network(resnet):
 
 
 # ------------------------------------------------------------------------------ mini runs
+# The budget loss is flat inside [0.95 T, T], so where a short run stops inside the band depends
+# on the run; these seeded runs (one thread, deterministic) stop in its upper part. Over seeds
+# 0-5 the digits run ends with ES at 0.95-0.99 T (about one seed in four below 0.97 T).
 def test_mini_run_on_digits_lands_on_target(digits):
     model, space = small_cnn()
     supernet = DMCPSupernet(model, space)
     target = 0.5 * space.full_macs
     seen = []
-    result = train_supernet(supernet, digits.train, val_split=digits.val, epochs=6, lr_weights=0.05,
-                            lr_arch=0.3, target_macs=target, batch_size=64, seed=0,
+    result = train_supernet(supernet, digits.train, val_split=digits.val, epochs=8, lr_weights=0.05,
+                            lr_arch=0.2, target_macs=target, batch_size=64, seed=0,
                             on_epoch=lambda epoch, metrics: seen.append(metrics))
-    assert [m["epoch"] for m in seen] == list(range(1, 7))
-    assert seen[0]["arch_steps"] == 0 and seen[-1]["arch_steps"] > 0
-    assert result["val_acc"] > 0.8
+    assert [m["epoch"] for m in seen] == list(range(1, 9))
+    assert seen[3]["arch_steps"] == 0 and seen[-1]["arch_steps"] == 4 * 20  # second half only
+    assert result["val_acc"] > 0.9
+    assert 0.94 <= result["expected_macs"] / target <= 1.01
     es = supernet.expected_widths()
     space.validate(es)
     assert abs(space.macs(es) / target - 1.0) <= 0.03
     supernet.remove_hooks()
 
 
-def test_mini_run_resnet20_shape_random_data_lands_on_target(resnet):
-    model, space = resnet
+def test_mini_run_resnet20_shape_random_data_lands_on_target():
+    torch.manual_seed(0)
+    model = models.build("cifar_resnet20")
+    space = WidthSpace.from_model(model, (3, 16, 16))
     supernet = DMCPSupernet(model, space)
     target = 0.5 * space.full_macs
-    train_supernet(supernet, learnable_random_split(512, (3, 16, 16)), epochs=4, lr_weights=0.05,
-                   lr_arch=1.0, target_macs=target, batch_size=16, seed=0)
+    result = train_supernet(supernet, learnable_random_split(512, (3, 16, 16)), epochs=6,
+                            lr_weights=0.05, lr_arch=0.5, target_macs=target, batch_size=16, seed=0)
+    assert 0.94 <= result["expected_macs"] / target <= 1.01
     es = supernet.expected_widths()
     assert abs(space.macs(es) / target - 1.0) <= 0.03
     supernet.remove_hooks()
@@ -304,7 +311,8 @@ def test_sampler_contract(resnet):
     proposals = drive(make(0))
     assert len(proposals) == 12 and drive(make(0)) == proposals
     assert [p.widths for p in drive(make(1))] != [p.widths for p in proposals]
-    assert proposals[0].origin == "dmcp:es" and {p.origin for p in proposals[1:]} <= {"dmcp:ds", "dmcp:ds-projected"}
+    assert proposals[0].origin == "dmcp:es"
+    assert {p.origin for p in proposals[1:]} <= {"dmcp:ds", "dmcp:ds-projected"}
     assert len({p.widths for p in proposals}) == len(proposals)
     for p in proposals:
         space.validate(p.widths)
@@ -368,5 +376,9 @@ def test_trainable_reports_epochs_and_exports_chains(monkeypatch, tmp_path):
     final, files = reports[-1]
     assert set(files) == {"dmcp.json", "supernet.pt"}
     assert json.loads(files["dmcp.json"].read_text()) == json.loads(json.dumps(final["dmcp"]))
-    core = DMCPSampler(space, max_macs=target, num_candidates=3, chains=final["dmcp"])
-    assert drive(core)[0].origin == "dmcp:es"
+    from_metrics = drive(DMCPSampler(space, max_macs=target, num_candidates=3, chains=final["dmcp"]))
+    from_file = drive(DMCPSampler(space, max_macs=target, num_candidates=3, chains=tmp_path))
+    assert from_metrics == from_file and from_metrics[0].origin == "dmcp:es"
+    es = final["dmcp"]["es_widths"]
+    if space.macs(es) <= target:  # the ES point is proposed as is when it fits the budget
+        assert from_metrics[0].widths == tuple(es)

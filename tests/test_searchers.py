@@ -20,7 +20,9 @@ def objective(space, widths):
     return float((weights * np.sqrt(w)).sum() / weights.sum())
 
 
-NAMES = ["random", "uniform", "abc", "seeded", "tpe", "nsga2", "dropnet", "random+uniform", "abc+uniform"]
+NAMES = ["random", "uniform", "abc", "seeded", "tpe", "nsga2", "dropnet", "dmcp", "random+uniform",
+         "abc+uniform"]
+_CHAINS = {}
 
 
 def params_for(name, space):
@@ -30,6 +32,12 @@ def params_for(name, space):
                               for r in (0.9, 0.7, 0.6, 0.5, 0.4, 0.3)]}
     if name in ("tpe", "nsga2"):
         return {"initial": [{"origin": "uniform", "widths": list(space.uniform(0.6))}]}
+    if name == "dmcp":
+        if id(space) not in _CHAINS:
+            from structsearch.dmcp import DMCPSupernet
+            supernet = DMCPSupernet(models.build("cifar_resnet20"), space)
+            _CHAINS[id(space)] = supernet.export(target_macs=0.5 * space.full_macs)
+        return {"chains": _CHAINS[id(space)]}
     if name == "dropnet":
         rng = np.random.default_rng(0)
         return {"scores": [rng.random(g.width) for g in space.groups], "kappa": 0.5}
