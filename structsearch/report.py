@@ -114,6 +114,8 @@ def _plots(run_dir: Path, rows: list[dict], summary: dict) -> None:
         ax.bar(xs, full, color="#d0d0d0", label="full width")
         ax.bar(xs, widths, color="#3b75af", label="winner")
         ax.set_xlabel("prunable group")
+        if len(xs) <= 40:
+            ax.set_xticks(xs)
         ax.set_ylabel("channels")
         ax.set_title("Winner's width per group")
         ax.legend(fontsize=8)
