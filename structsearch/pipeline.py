@@ -27,7 +27,7 @@ from . import data as data_mod
 from . import models
 from . import report
 from .config import Config, ConfigError
-from .space import WidthSpace
+from .space import WidthError, WidthSpace
 from .surgery import CheckpointError, load_state_dict_file, load_weights, save_pruned
 from .train import TrainSpec, evaluate, train
 
@@ -145,8 +145,53 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
         except CheckpointError as exc:
             raise ConfigError(f"model.checkpoint: {exc}") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    prepared = Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device)
+    check_searcher(prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device)
+    return prepared
+
+
+def check_searcher(p: Prepared) -> None:
+    """Catch bad searcher parameters and seed names before any training: the searcher is built
+    once with placeholders for what needs the trained baseline (seed vectors, scores, chains)."""
+    from . import seeds
+    import searchers
+    s = p.cfg.search
+    for entry in s.seeds:
+        name, _, crit = str(entry).partition(":")
+        if name == "global" and crit and crit not in criteria_mod.names():
+            raise ConfigError(f"search.seeds: '{entry}' names an unknown criterion; choose one of "
+                              f"{', '.join(criteria_mod.names())}")
+        if name != "global" and name not in seeds.names():
+            raise ConfigError(f"search.seeds: unknown proposal '{entry}'; choose from "
+                              f"{', '.join(seeds.names())} or global:<criterion>")
+    placeholder = [{"origin": "check", "widths": [int(w) for w in p.space.uniform(0.5)]}]
+    params = {k: dict(v) for k, v in (s.params or {}).items()}
+    if s.abc:
+        params.setdefault("abc", {}).update(s.abc)
+    for name in s.searcher.split("+"):
+        own = params.setdefault(name, {})
+        for key in ("proposals", "initial"):
+            for i, item in enumerate(own.get(key) or []):
+                widths = item.get("widths") if isinstance(item, dict) else item
+                try:
+                    p.space.validate(widths)
+                except WidthError as exc:
+                    raise WidthError(f"search.params.{name}.{key}[{i}]: {exc}") from None
+        if name == "seeded":
+            own.setdefault("proposals", placeholder)
+        elif name in ("abc", "tpe", "nsga2") and s.seeds:
+            own["initial"] = placeholder
+        elif name == "dmcp":
+            for key in DMCP_SUPERNET_KEYS:
+                own.pop(key, None)
+            own["chains"] = _placeholder_chains(p)
+    own = params if "+" in s.searcher else params.get(s.searcher, {})
+    try:
+        searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
+                        seed=p.cfg.seed, params=own)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"search.params.{s.searcher}: {str(exc).splitlines()[0]}") from None
 
 
 def check_resources(cfg: Config, address: str | None) -> None:
@@ -167,8 +212,9 @@ def check_resources(cfg: Config, address: str | None) -> None:
 
 
 def versions() -> dict:
-    import ray
-    return {"structsearch": __version__, "torch": torch.__version__, "ray": ray.__version__,
+    from importlib.metadata import version
+    # Read Ray's version from its metadata: importing Ray is left to the search stage.
+    return {"structsearch": __version__, "torch": torch.__version__, "ray": version("ray"),
             "python": platform.python_version(), "platform": platform.platform()}
 
 

@@ -17,3 +17,13 @@ def ray_local():
     init_ray(None)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for modules of many tiny models: on a shared 2-core machine two
+    threads waiting on each other are many times slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -76,6 +76,15 @@ CASES = [
     ("too-many-cpus", patched(search__resources={"cpu": 4096, "gpu": 0}), [], ["search.resources.cpu"]),
     ("fault-key", patched(search__fault_injection={"explode": 0.5}), [], ["fault_injection"]),
     ("params-section", patched(search__params={"bees": {}}), [], ["search.params.bees"]),
+    ("widths-wrong-length", patched(search__searcher="seeded", search__params={"seeded": {
+        "proposals": [{"origin": "mine", "widths": [8, 8]}]}}), [], ["proposals[0]", "4 groups"]),
+    ("widths-out-of-bounds", patched(search__searcher="seeded", search__params={"seeded": {
+        "proposals": [{"origin": "mine", "widths": [32, 32, 64, 999]}]}}), [], ["proposals[0]", "outside"]),
+    ("widths-off-grid", patched(space={"round_to": 8}, search__searcher="seeded", search__params={"seeded": {
+        "proposals": [{"origin": "mine", "widths": [8, 8, 13, 16]}]}}), [], ["not on the grid"]),
+    ("unknown-seed", patched(search__searcher="seeded", search__seeds=["magic"]), [], ["search.seeds", "magic"]),
+    ("bad-abc-param", patched(search__searcher="abc", search__abc={"food_number": 1}), [], ["search.params.abc", "food_number"]),
+    ("bad-fitness", patched(search__fitness="oracle"), [], ["search.fitness"]),
     ("set-without-equals", BASE, ["--set", "seed"], ["--set", "key=value"]),
     ("set-into-scalar", BASE, ["--set", "seed.x=1"], ["seed", "not a section"]),
     ("set-bad-value", BASE, ["--set", "search.epochs=two"], ["search.epochs"]),

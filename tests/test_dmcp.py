@@ -13,13 +13,7 @@ from structsearch.space import WidthSpace
 from structsearch.surgery import prune
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on two shared cores: one intra-op thread is several times faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ fvcore), width scaling, torchvision models without downloads, and error messages
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 from torch import nn
@@ -12,25 +10,11 @@ from torch import nn
 from structsearch import models
 from structsearch.models import registry
 
-MAC_OPS = {"conv", "linear", "addmm", "matmul", "bmm"}
+from counters import count_macs as _count_macs, count_params
 
 
 def count_macs(model: nn.Module, input_size: int, in_channels: int = 3) -> int:
-    """Conv + linear MACs (bias excluded) of one image, counted by fvcore, not by our code."""
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore uses torch.jit, which newer torch deprecates
-        from fvcore.nn import FlopCountAnalysis
-
-        analysis = FlopCountAnalysis(model, torch.zeros(1, in_channels, input_size, input_size))
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        by_operator = analysis.by_operator()
-    return sum(count for op, count in by_operator.items() if op in MAC_OPS)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return _count_macs(model, (in_channels, input_size, input_size))
 
 
 @pytest.mark.parametrize("name", models.names())

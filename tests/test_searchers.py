@@ -131,7 +131,8 @@ def test_ray_adapter_suggest_and_complete(space):
 
     core = searchers.build("uniform", space, max_macs=0.5 * space.full_macs, num_candidates=2, seed=0)
     adapter = TuneSearcher(core)
-    c1, c2 = adapter.suggest("t1"), adapter.suggest("t2")
+    c1 = adapter.suggest("t1")
+    assert adapter.suggest("t2")["origin"] == "uniform"
     assert c1["searcher"] == "uniform" and len(c1["widths"]) == len(space)
     assert adapter.suggest("t3") == Searcher.FINISHED
     adapter.on_trial_complete("t1", {"val_acc": 0.5, "status": "ok"})

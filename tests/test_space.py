@@ -13,14 +13,7 @@ from torch import nn
 from structsearch import WidthError, WidthSpace, models, prune
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: on a shared 2-core machine one intra-op thread is many times faster
-    # than two threads waiting on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

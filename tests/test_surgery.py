@@ -18,26 +18,9 @@ from structsearch import (CheckpointError, WidthSpace, export_onnx, load_pruned,
                           save_pruned)
 from structsearch.surgery import load_state_dict_file
 
-MAC_OPS = {"conv", "linear", "addmm", "matmul", "bmm"}
+from counters import count_macs, count_params
+
 NUM_CLASSES = 10
-
-
-def count_macs(model: nn.Module, input_shape) -> int:
-    """Conv + linear MACs (bias excluded) of one input, counted by fvcore from a JIT trace."""
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore uses torch.jit, which newer torch deprecates
-        from fvcore.nn import FlopCountAnalysis
-
-        analysis = FlopCountAnalysis(model, torch.zeros(1, *input_shape))
-        analysis.unsupported_ops_warnings(False)
-        analysis.uncalled_modules_warnings(False)
-        by_operator = analysis.by_operator()
-    return sum(count for op, count in by_operator.items() if op in MAC_OPS)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -54,14 +37,7 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These models are tiny: on a shared 2-core machine one intra-op thread is many times faster
-    # than two threads waiting on each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 from .activation import MeanActivation
 from .base import Criterion, criterion_keep, model_inputs, per_group
 from .bn_scale import BNScale

@@ -1,0 +1,77 @@
+"""Early stopping (ASHA) and the adaptive-BN fitness (EagleEye)."""
+import copy
+import json
+
+import torch
+
+from structsearch import config as C
+from structsearch import data as D
+from structsearch import models
+from structsearch.report import read_candidates
+from structsearch.space import WidthSpace
+from structsearch.surgery import prune
+from structsearch.train import TrainSpec, evaluate, recalibrate_bn, train
+from trainables.common import reset_parameters
+
+
+def test_adaptive_bn_ranks_trained_above_random_init():
+    torch.manual_seed(0)
+    splits = D.load(name="digits", val_fraction=0.2)
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    train(model, splits.train, TrainSpec(epochs=3, lr=0.05, batch_size=64), seed=0)
+    space = WidthSpace.from_model(model, splits.input_shape)
+    widths = space.uniform(0.5)
+    trained = prune(model, space, widths)
+    # Pruning leaves BN statistics of the full network: recalibration is what makes it usable.
+    random_init = copy.deepcopy(trained)
+    reset_parameters(random_init)
+    acc_trained = evaluate(recalibrate_bn(trained, splits.train, batches=20, batch_size=64), splits.val)["top1"]
+    acc_random = evaluate(recalibrate_bn(random_init, splits.train, batches=20, batch_size=64), splits.val)["top1"]
+    assert acc_trained > acc_random + 0.2, (acc_trained, acc_random)
+
+
+def test_recalibrate_bn_resets_running_stats():
+    splits = D.load(name="digits", val_fraction=0.2)
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean.fill_(100.0)
+    recalibrate_bn(model, splits.train, batches=5, batch_size=64)
+    assert bn.running_mean.abs().max() < 50
+    assert bn.momentum == 0.1 and not model.training
+
+
+def _mini(**search):
+    base = {
+        "seed": 0,
+        "model": {"name": "small_cnn"},
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+        "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
+        "budget": {"macs_ratio": 0.5},
+        "search": {"searcher": "random", "candidates": 6, "epochs": 1, "lr": 0.02, "concurrent": 2},
+        "final": {"finetune_epochs": 1, "scratch": []},
+    }
+    base["search"].update(search)
+    return C.from_dict(base)
+
+
+def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
+    from structsearch.pipeline import run_search
+
+    run = run_search(_mini(scheduler="asha", epochs=4, candidates=8), out=str(tmp_path / "run"))
+    rows = read_candidates(run / "candidates.csv")
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert len(rows) == 8 and stopped, [r["status"] for r in rows]
+    assert all(r["epochs"] < 4 and r["val_acc"] is not None for r in stopped)
+    summary = json.loads((run / "summary.json").read_text())
+    winner = summary["winner"]
+    assert winner["epochs"] == 4
+    assert winner["trial_id"] not in {r["trial_id"] for r in stopped}
+
+
+def test_adaptive_bn_fitness_search(tmp_path, ray_local):
+    from structsearch.pipeline import run_search
+
+    run = run_search(_mini(fitness="adaptive_bn", candidates=4), out=str(tmp_path / "run"))
+    rows = read_candidates(run / "candidates.csv")
+    assert len(rows) == 4 and all(r["status"] == "ok" and r["epochs"] == 0 for r in rows)
+    assert max(r["val_acc"] for r in rows) > 0.3
