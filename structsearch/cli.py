@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DatasetNotFound
     from .space import WidthError
     from .surgery import CheckpointError
+    from .pipeline import SearchFailed
 
     bad_input = (ConfigError, DatasetNotFound, WidthError, CheckpointError)
     try:
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"structsearch: error: {message}", file=sys.stderr)
         return 2
+    except SearchFailed as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"structsearch: search failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("structsearch: interrupted; continue with --resume", file=sys.stderr)
         return 130

@@ -38,6 +38,10 @@ class RunDirError(ValueError):
     """The run directory cannot be used as asked (one line: what and the fix)."""
 
 
+class SearchFailed(RuntimeError):
+    """The search ran but produced nothing to keep (e.g. every candidate failed)."""
+
+
 def say(msg: str) -> None:
     print(f"[structsearch] {msg}", flush=True)
 
@@ -77,6 +81,7 @@ def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, 
     if cfg.model.num_classes and cfg.model.num_classes != splits.num_classes:
         raise ConfigError(f"model.num_classes: {cfg.model.num_classes} does not match the "
                           f"{splits.num_classes} classes of {cfg.data.name}; remove the key")
+    torch.manual_seed(cfg.seed)  # the baseline's initial weights belong to the run's seed
     try:
         model = models.build(cfg.model.name, **kwargs)
     except KeyError as exc:
@@ -486,7 +491,7 @@ def stage_supernet(p: Prepared, scores, baseline: dict) -> dict:
                        run_config=tune.RunConfig(name="dmcp", storage_path=str(tune_storage(p)), verbose=0))
     result = tuner.fit()[0]
     if result.error is not None:
-        raise RuntimeError(f"the DMCP supernet trial failed: {str(result.error).splitlines()[-1][:300]}")
+        raise SearchFailed(f"the DMCP supernet trial failed: {str(result.error).splitlines()[-1][:300]}")
     chains = result.metrics["dmcp"]
     out.parent.mkdir(parents=True, exist_ok=True)
     report.write_json(chains, out)
@@ -720,7 +725,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     if winner is None:
         report.write_json(summary, run_dir / "summary.json")
         report.render(run_dir)
-        raise RuntimeError(f"every candidate failed ({len(rows)} of {len(rows)}); see "
+        raise SearchFailed(f"every candidate failed ({len(rows)} of {len(rows)}); see "
                            f"{run_dir / 'candidates.csv'} for the errors")
     summary["winner"] = {k: winner[k] for k in ("trial_id", "origin", "widths", "macs", "params",
                                                 "macs_ratio", "val_acc", "epochs")}

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from structsearch import config as C
+from structsearch.pipeline import SearchFailed
 from structsearch.report import CANDIDATE_COLUMNS, read_candidates
 from trainables.common import injected_fault
 
@@ -53,7 +54,7 @@ def test_every_candidate_failing_stops_without_winner(tmp_path, ray_local):
 
     data = json.loads(json.dumps(BASE))
     data["search"].update(candidates=3, fault_injection={"raise": 1.0})
-    with pytest.raises(RuntimeError, match="every candidate failed"):
+    with pytest.raises(SearchFailed, match="every candidate failed"):
         run_search(C.from_dict(data), out=str(tmp_path / "run"))
     rows = read_candidates(tmp_path / "run" / "candidates.csv")
     assert [r["status"] for r in rows] == ["error"] * 3
@@ -126,3 +127,28 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     assert summary["search"]["evaluated"] == 8
     assert (out / "winner" / "scratch_e" / "weights.pt").is_file()
     assert list(CANDIDATE_COLUMNS[:3]) == ["trial_id", "searcher", "origin"]
+
+
+def test_same_config_same_candidates(tmp_path, ray_local):
+    """Determinism on CPU: the same config and seed give the same proposals and accuracies."""
+    from structsearch.pipeline import run_search
+
+    data = json.loads(json.dumps(BASE))
+    data["search"].update(candidates=3, concurrent=1)
+    data["final"] = {"finetune_epochs": 0, "scratch": []}
+    runs = [run_search(C.from_dict(data), out=str(tmp_path / f"run{i}")) for i in range(2)]
+    a, b = (read_candidates(r / "candidates.csv") for r in runs)
+    assert [r["widths"] for r in a] == [r["widths"] for r in b]
+    assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]
+
+
+def test_all_failed_cli_exit_code(tmp_path):
+    data = json.loads(json.dumps(BASE))
+    data["search"].update(candidates=2, fault_injection={"raise": 1.0})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    res = subprocess.run([sys.executable, "-m", "structsearch.cli", "search", str(cfg), "--out",
+                          str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert "structsearch: search failed: every candidate failed" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -30,6 +30,8 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
     device = device_for_trial()
     splits = load_splits(setup.data_spec, device)
     inherit = protocol == "finetune"
+    # Scratch runs draw their initial weights from the run's seed: reruns are identical.
+    torch.manual_seed(setup.seed + {"finetune": 11, "scratch_e": 12, "scratch_b": 13}.get(protocol, 0))
     model = build_pruned_model(setup, baseline_state, widths, inherit=inherit)
     if inherit and winner_state is not None:
         model.load_state_dict(winner_state)
