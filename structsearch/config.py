@@ -102,6 +102,7 @@ class FinalConfig:
     scratch: tuple = ("E", "B")
     scratch_b_max_factor: float = 2.0
     scratch_lr: float | None = None  # None: baseline lr
+    compile: bool = False  # torch.compile the final runs on CUDA (candidates never: new shapes each)
 
 
 @dataclass(frozen=True)

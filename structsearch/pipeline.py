@@ -607,6 +607,7 @@ def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
                      "lr": scratch_lr, "schedule": b.schedule})
     for r in runs:
         r["widths"] = list(winner["widths"])
+        r["compile"] = bool(f.compile)
     return runs
 
 

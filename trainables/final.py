@@ -35,6 +35,10 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
     model = build_pruned_model(setup, baseline_state, widths, inherit=inherit)
     if inherit and winner_state is not None:
         model.load_state_dict(winner_state)
+    if config.get("compile") and device.startswith("cuda"):
+        # One architecture trained for many epochs: compiling pays off here, unlike candidates.
+        model = model.to(device)
+        model.forward = torch.compile(model.forward)
     spec: TrainSpec = dataclasses.replace(setup.train, epochs=int(config["epochs"]), lr=float(config["lr"]),
                                           schedule=config["schedule"])
 
