@@ -56,8 +56,13 @@ class Prepared:
     model_kwargs: dict
     model: torch.nn.Module
     space: WidthSpace
-    max_macs: float
+    max_macs: float  # the budget in the searcher's cost unit: MACs, or ms for a latency budget
     device: str
+    search_space: WidthSpace | None = None  # the space searchers see (latency-costed or ``space``)
+
+    @property
+    def latency(self) -> bool:
+        return self.search_space is not None and self.search_space is not self.space
 
 
 def data_spec_of(cfg: Config) -> data_mod.DataSpec:
@@ -97,6 +102,15 @@ def budget_macs(cfg: Config, space: WidthSpace) -> float:
         raise ConfigError("budget.params: parameter budgets are not supported yet; "
                           "use budget.macs_ratio or budget.macs")
     full, floor = space.full_macs, space.min_macs
+    if b.latency_ms is not None:
+        target, key, unit = float(b.latency_ms), "budget.latency_ms", "ms"
+        if target >= full:
+            raise ConfigError(f"{key}: budget {target:.4g} ms is not below the baseline's predicted "
+                              f"{full:.4g} ms on this device; nothing to prune")
+        if target < floor:
+            raise ConfigError(f"{key}: budget {target:.4g} ms is below the smallest network in the "
+                              f"space ({floor:.4g} ms predicted); raise the budget or lower space.min_ratio")
+        return target
     target = b.macs if b.macs is not None else b.macs_ratio * full
     key = "budget.macs" if b.macs is not None else "budget.macs_ratio"
     if target > full:
@@ -143,17 +157,43 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
     if len(space) == 0:
         raise ConfigError(f"model.name: {cfg.model.name} has no searchable channel groups "
                           f"(space.ignore: {list(sp.ignore)})")
-    max_macs = budget_macs(cfg, space)
+    search_space = space
+    if cfg.budget.latency_ms is not None:
+        if "dmcp" in cfg.search.searcher.split("+"):
+            raise ConfigError("budget.latency_ms: the dmcp searcher needs a MACs budget "
+                              "(its expected cost is differentiable MACs); use budget.macs_ratio")
+        search_space = latency_space(space, model, cfg, run_dir)
+    max_macs = budget_macs(cfg, search_space)
     if cfg.model.checkpoint:
         try:
             load_weights(model, Path(cfg.model.checkpoint).expanduser())
         except CheckpointError as exc:
             raise ConfigError(f"model.checkpoint: {exc}") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    prepared = Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device)
+    prepared = Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device, search_space)
     check_searcher(prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if prepared.latency and not (run_dir / "latency.json").is_file():
+        prepared.search_space.latency_table.save(run_dir / "latency.json")
     return prepared
+
+
+def latency_space(space: WidthSpace, model, cfg: Config, run_dir: Path) -> WidthSpace:
+    """A latency-costed view of ``space``; the table is measured once on the search device (the
+    device candidates train on) and kept in RUN_DIR/latency.json (reused on --resume)."""
+    from .latency import LatencySpace, LatencyTable
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    file = run_dir / "latency.json"
+    table = None
+    if file.is_file():
+        table = LatencyTable.load(file)
+        if len(table.widths) != len(space) or table.device != device:
+            table = None
+    if table is None:
+        say(f"latency: measuring {len(space)} groups on {device} (batch {cfg.budget.latency_batch_size})")
+        table = LatencyTable.measure(model, space, device=device, batch_size=cfg.budget.latency_batch_size)
+    # Saved by prepare() once the whole input is known to be good.
+    return LatencySpace(space, table)
 
 
 def check_searcher(p: Prepared) -> None:
@@ -193,7 +233,7 @@ def check_searcher(p: Prepared) -> None:
             own["chains"] = _placeholder_chains(p)
     own = params if "+" in s.searcher else params.get(s.searcher, {})
     try:
-        searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
+        searchers.build(s.searcher, p.search_space, max_macs=p.max_macs, num_candidates=s.candidates,
                         seed=p.cfg.seed, params=own)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"search.params.{s.searcher}: {str(exc).splitlines()[0]}") from None
@@ -309,10 +349,10 @@ def seed_proposals(p: Prepared, names) -> list[dict]:
         try:
             if name == "global":
                 crit = crit or p.cfg.search.criterion
-                widths = seeds.propose("global", p.model, p.space, macs=p.max_macs,
+                widths = seeds.propose("global", p.model, p.search_space, macs=p.max_macs,
                                        scores=criterion_scores(p, crit))
             elif name in seeds.names():
-                widths = seeds.propose(name, p.model, p.space, macs=p.max_macs)
+                widths = seeds.propose(name, p.model, p.search_space, macs=p.max_macs)
             else:
                 raise KeyError(name)
         except KeyError:
@@ -435,6 +475,10 @@ def _setup(p: Prepared, scores, baseline: dict):
                       fitness=s.fitness)
 
 
+def budget_text(p: Prepared) -> str:
+    return f"{p.max_macs:.3f} ms predicted latency" if p.latency else f"{p.max_macs / 1e6:.3f} M MACs"
+
+
 def build_searcher(p: Prepared, chains: dict | None = None):
     """The searcher core with its parameters, checked before Ray starts. DMCP's sampler needs
     the supernet's chains: before they exist it is checked with uniform placeholder chains."""
@@ -445,8 +489,8 @@ def build_searcher(p: Prepared, chains: dict | None = None):
     params = searcher_params(p, chains)
     own = params if "+" in s.searcher else params.get(s.searcher, {})
     try:
-        return searchers.build(s.searcher, p.space, max_macs=p.max_macs, num_candidates=s.candidates,
-                               seed=p.cfg.seed, params=own)
+        return searchers.build(s.searcher, p.search_space, max_macs=p.max_macs,
+                               num_candidates=s.candidates, seed=p.cfg.seed, params=own)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"search.params.{s.searcher}: {str(exc).splitlines()[0]}") from None
 
@@ -541,7 +585,7 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> 
             shutil.rmtree(exp)
         search_alg = TuneSearcher(core, metric="val_acc")
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates x "
-            f"{s.epochs} epochs, {s.concurrent} at a time, budget {p.max_macs / 1e6:.3f} M MACs")
+            f"{s.epochs} epochs, {s.concurrent} at a time, budget {budget_text(p)}")
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=core.num_candidates,
@@ -573,6 +617,7 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> 
             "val_acc": m.get("val_acc") if status != "error" else None,
             "epochs": m.get("epoch", 0), "seconds": round(float(m.get("time_total_s", 0.0)), 2),
             "status": status, "error": error,
+            "cost": p.search_space.macs(widths) if widths else None,
             "_checkpoint": result.checkpoint if (result.checkpoint and status == "ok") else None,
             "_token": cfg.get("token", 0),
         })
@@ -583,8 +628,9 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> 
 
 
 def pick_winner(rows: list[dict], max_macs: float) -> dict | None:
+    # "cost" is what the budget limits: MACs, or the predicted latency under a latency budget.
     ok = [r for r in rows if r["status"] == "ok" and r["val_acc"] is not None
-          and r["macs"] <= max_macs * (1 + 1e-9)]
+          and r.get("cost", r["macs"]) <= max_macs * (1 + 1e-9)]
     if not ok:
         return None
     # Ties go to the cheaper network.
@@ -714,7 +760,9 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     report.write_width_histograms(rows, p.space.full_widths, tune_storage(p) / "widths")
     summary = {
         "baseline": baseline,
-        "budget": {"max_macs": p.max_macs, "macs_ratio": p.max_macs / baseline["macs"]},
+        "budget": ({"latency_ms": p.max_macs, "max_macs": None, "macs_ratio": None,
+                    "baseline_latency_ms": p.search_space.full_macs} if p.latency else
+                   {"max_macs": p.max_macs, "macs_ratio": p.max_macs / baseline["macs"]}),
         "space": {"groups": p.space.names, "full_widths": p.space.full_widths,
                   "round_to": p.space.round_to, "min_ratio": p.space.min_ratio},
         "search": {"searcher": cfg.search.searcher, "criterion": cfg.search.criterion,
@@ -731,6 +779,8 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     summary["winner"] = {k: winner[k] for k in ("trial_id", "origin", "widths", "macs", "params",
                                                 "macs_ratio", "val_acc", "epochs")}
     summary["winner"]["searcher"] = winner["searcher"]
+    if p.latency:
+        summary["winner"]["latency_ms"] = winner["cost"]
     say(f"winner: {winner['origin']} val {100 * winner['val_acc']:.2f}% at "
         f"{100 * winner['macs_ratio']:.1f}% MACs")
     winner_state = save_winner(p, winner, scores)

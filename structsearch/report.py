@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 CANDIDATE_COLUMNS = ["trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio",
-                     "val_acc", "epochs", "seconds", "status", "error"]
+                     "val_acc", "epochs", "seconds", "status", "error", "cost"]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -52,7 +52,7 @@ def read_candidates(path: Path) -> list[dict]:
         row["widths"] = json.loads(row["widths"])
         for key in ("macs", "params", "epochs"):
             row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None
-        for key in ("macs_ratio", "val_acc", "seconds"):
+        for key in ("macs_ratio", "val_acc", "seconds", "cost"):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else None
     return rows
 
@@ -133,9 +133,15 @@ def render(run_dir) -> Path:
     base = summary["baseline"]
     lines = ["# structsearch report", ""]
     search = summary.get("search", {})
+    budget = summary["budget"]
+    if budget.get("latency_ms") is not None:
+        budget_line = (f"budget {budget['latency_ms']:.3f} ms predicted latency (baseline "
+                       f"{budget['baseline_latency_ms']:.3f} ms)")
+    else:
+        budget_line = (f"budget {budget['max_macs'] / 1e6:.3f} M MACs "
+                       f"({100 * budget['macs_ratio']:.1f}% of the baseline)")
     lines += [f"Searcher **{search.get('searcher')}**, criterion **{search.get('criterion')}**, "
-              f"budget {summary['budget']['max_macs'] / 1e6:.3f} M MACs "
-              f"({100 * summary['budget']['macs_ratio']:.1f}% of the baseline); "
+              f"{budget_line}; "
               f"{search.get('evaluated', len(rows))} candidates "
               f"({search.get('errors', 0)} failed) in {search.get('seconds', 0):.0f} s.", ""]
     lines += ["| model | val acc % | test acc % | MACs (M) | params (M) | MACs cut % | params cut % | epochs |",

@@ -1,0 +1,104 @@
+"""Latency budgets: per-group latency tables measured once on the target device.
+
+For every group the table holds the measured forward latency of the network with only that
+group narrowed to a few grid widths (the others full). A width vector's latency is predicted as
+``full * prod_g (table_g(w_g) / full)`` with linear interpolation between measured widths. The
+product (rather than a sum of savings) stays positive, and a layer whose input and output
+groups both shrink is not credited twice: a sum of per-group savings over-counts exactly those
+layers and can predict negative latency for small networks; the product errs on the slow,
+budget-safe side when groups touch separate layers. :class:`LatencySpace` is a :class:`~structsearch.space.WidthSpace` whose cost is that
+prediction (in milliseconds), so every searcher, ``project`` and ``sample`` work under a latency
+budget unchanged.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from .cost import measure_latency
+from .space import WidthSpace
+from .surgery import prune
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured latency (ms) per group at a few widths, plus the full network's."""
+
+    full_ms: float
+    widths: list  # per group: measured widths, ascending (the full width last)
+    ms: list  # per group: latency in ms at those widths
+    device: str
+    batch_size: int
+
+    @classmethod
+    def measure(cls, model: nn.Module, space: WidthSpace, *, device: str = "cpu", batch_size: int = 1,
+                points: int = 5, repeats: int = 15) -> "LatencyTable":
+        """Time ``points`` widths per group (each a forward pass median of ``repeats``)."""
+        model = copy.deepcopy(model).eval()
+        full = space.full_widths
+        full_ms = measure_latency(model, space.input_shape, batch_size=batch_size, device=device,
+                                  repeats=repeats)
+        widths, times = [], []
+        for g in range(len(space)):
+            grid = space.grid(g)
+            chosen = sorted({int(grid[i]) for i in np.linspace(0, len(grid) - 1, points).round().astype(int)})
+            row = []
+            for w in chosen:
+                if w == full[g]:
+                    row.append(full_ms)
+                    continue
+                vec = list(full)
+                vec[g] = w
+                row.append(measure_latency(prune(model, space, vec), space.input_shape,
+                                           batch_size=batch_size, device=device, repeats=repeats))
+            # Timing noise must not make a narrower layer look slower than a wider one.
+            row = list(np.minimum.accumulate(np.asarray(row)[::-1])[::-1])
+            widths.append(chosen)
+            times.append([float(t) for t in row])
+        return cls(float(full_ms), widths, times, device, batch_size)
+
+    def predict(self, widths) -> np.ndarray | float:
+        """Predicted latency (ms) of one width vector (float) or of each row of a 2-D array."""
+        w = np.asarray(widths, dtype=np.float64)
+        single = w.ndim == 1
+        w2 = np.atleast_2d(w)
+        total = np.full(len(w2), self.full_ms)
+        for g, (xs, ys) in enumerate(zip(self.widths, self.ms)):
+            total *= np.interp(w2[:, g], xs, ys) / self.full_ms
+        return float(total[0]) if single else total
+
+    def to_json(self) -> dict:
+        return {"full_ms": self.full_ms, "widths": self.widths, "ms": self.ms, "device": self.device,
+                "batch_size": self.batch_size}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LatencyTable":
+        return cls(float(data["full_ms"]), data["widths"], data["ms"], data["device"], int(data["batch_size"]))
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, path) -> "LatencyTable":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+class LatencySpace(WidthSpace):
+    """The same groups and grid as ``space``, with predicted latency (ms) as the cost that
+    searchers budget (``macs`` here returns milliseconds; ``real_macs`` the true MACs)."""
+
+    def __init__(self, space: WidthSpace, table: LatencyTable):
+        self.__dict__.update(space.__dict__)
+        self.latency_table = table
+
+    def macs(self, widths):
+        return self.latency_table.predict(widths)
+
+    def real_macs(self, widths):
+        return WidthSpace.macs(self, widths)
+

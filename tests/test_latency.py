@@ -1,0 +1,97 @@
+"""Latency budgets: per-group tables measured once, additive prediction, searchers under it."""
+import json
+
+import numpy as np
+import pytest
+
+import searchers
+from structsearch import config as C
+from structsearch import models
+from structsearch.latency import LatencySpace, LatencyTable
+from structsearch.report import read_candidates
+from structsearch.space import WidthSpace
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def measured():
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    space = WidthSpace.from_model(model, (1, 28, 28))
+    table = LatencyTable.measure(model, space, batch_size=8, points=4, repeats=7)
+    return model, space, table
+
+
+def test_table_shape_and_prediction_at_full(measured):
+    _, space, table = measured
+    assert len(table.widths) == len(space)
+    for g, (xs, ys) in enumerate(zip(table.widths, table.ms)):
+        assert xs[-1] == space.full_widths[g] and xs == sorted(xs) and len(xs) == len(ys)
+        assert all(a <= b + 1e-12 for a, b in zip(ys, ys[1:])), "narrower is never slower"
+    assert table.predict(space.full_widths) == pytest.approx(table.full_ms)
+
+
+def test_prediction_vectorised_and_monotone(measured):
+    _, space, table = measured
+    rng = np.random.default_rng(0)
+    batch = space.sample(rng, 16)
+    assert np.allclose(table.predict(batch), [table.predict(w) for w in batch])
+    small = table.predict(space.lower)
+    assert small < table.full_ms
+    assert table.predict(space.uniform(0.5)) <= table.full_ms + 1e-12
+
+
+def test_json_round_trip(measured, tmp_path):
+    _, space, table = measured
+    table.save(tmp_path / "lat.json")
+    again = LatencyTable.load(tmp_path / "lat.json")
+    w = space.uniform(0.6)
+    assert again.predict(w) == pytest.approx(table.predict(w))
+
+
+def test_searchers_respect_a_latency_budget(measured):
+    _, space, table = measured
+    lspace = LatencySpace(space, table)
+    budget = 0.5 * (table.full_ms + lspace.min_macs)
+    assert lspace.real_macs(space.full_widths) == space.full_macs
+    for name in ("random", "uniform", "abc"):
+        core = searchers.build(name, lspace, max_macs=budget, num_candidates=8, seed=0)
+        while True:
+            p = core.ask()
+            if p is None or p == searchers.FINISHED:
+                break
+            assert table.predict(p.widths) <= budget + 1e-9
+            space.validate(p.widths)
+            core.tell(p.token, 0.5)
+
+
+def test_latency_budget_search_end_to_end(measured, tmp_path, ray_local):
+    from structsearch.pipeline import run_search
+
+    model, space, table = measured
+    cfg = C.from_dict({
+        "seed": 0,
+        "model": {"name": "small_cnn"},
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+        "baseline": {"epochs": 1, "lr": 0.05},
+        "budget": {"latency_ms": 1.0, "latency_batch_size": 8},
+        "search": {"searcher": "random", "candidates": 3, "epochs": 1, "concurrent": 2},
+        "final": {"finetune_epochs": 0, "scratch": []},
+    })
+    # The budget is relative to this machine: 70% of the baseline's measured latency on digits.
+    probe = WidthSpace.from_model(models.build("small_cnn", num_classes=10, in_channels=1), (1, 8, 8))
+    full = LatencyTable.measure(models.build("small_cnn", num_classes=10, in_channels=1), probe,
+                                batch_size=8, points=3, repeats=7).full_ms
+    data = cfg.to_dict()
+    data["budget"]["latency_ms"] = 0.8 * full
+    run = run_search(C.from_dict(data), out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    table_run = LatencyTable.load(run / "latency.json")
+    budget = summary["budget"]["latency_ms"]
+    rows = read_candidates(run / "candidates.csv")
+    assert len(rows) == 3
+    for r in rows:
+        assert r["cost"] == pytest.approx(table_run.predict(r["widths"]))
+        assert r["cost"] <= budget + 1e-9
+    assert summary["winner"]["latency_ms"] <= budget + 1e-9
+    assert "predicted latency" in (run / "report.md").read_text()
