@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..space import WidthSpace
-from .base import map_member, model_inputs
+from .base import Criterion, map_member, model_inputs
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -83,3 +83,19 @@ def feature_scores(model: nn.Module, space: WidthSpace, batches, num_batches: in
                 total += map_member(member, means[member.module], group.width)
         result.append(total)
     return result
+
+
+class FeatureCriterion(Criterion):
+    """A criterion computed from post-activation feature maps of the first ``num_batches``
+    batches; subclasses set ``statistic`` ((N, C, H, W) maps -> (N, C) per-image scores)."""
+
+    needs_data = True
+    statistic: Callable[[torch.Tensor], torch.Tensor]
+
+    def __init__(self, num_batches: int = 5):
+        if num_batches < 1:
+            raise ValueError("num_batches must be >= 1")
+        self.num_batches = num_batches
+
+    def scores(self, model, space, batches=None):
+        return feature_scores(model, space, batches, self.num_batches, type(self).statistic)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Criterion
-from .features import feature_scores
+from .features import FeatureCriterion
 
 
 def feature_map_ranks(maps: torch.Tensor) -> torch.Tensor:
@@ -12,7 +11,7 @@ def feature_map_ranks(maps: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_rank(maps.float()).to(torch.float32)
 
 
-class HRank(Criterion):
+class HRank(FeatureCriterion):
     """Score of channel j = average matrix rank of its post-BN+ReLU feature map over the images
     of the first ``num_batches`` batches (the paper uses 5 batches of 128).
 
@@ -22,12 +21,4 @@ class HRank(Criterion):
     """
 
     name = "hrank"
-    needs_data = True
-
-    def __init__(self, num_batches: int = 5):
-        if num_batches < 1:
-            raise ValueError("num_batches must be >= 1")
-        self.num_batches = num_batches
-
-    def scores(self, model, space, batches=None):
-        return feature_scores(model, space, batches, self.num_batches, feature_map_ranks)
+    statistic = staticmethod(feature_map_ranks)
