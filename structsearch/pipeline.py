@@ -461,8 +461,8 @@ def init_ray(address: str | None) -> None:
         # Workers must import this checkout's packages even when it is not pip-installed.
         root = str(Path(__file__).resolve().parent.parent)
         paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
-                 include_dashboard=False, **kwargs)
+        # The dashboard starts when ray[default] is installed (the `dashboard` extra).
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}, **kwargs)
 
 
 def _setup(p: Prepared, scores, baseline: dict):
