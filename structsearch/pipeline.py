@@ -720,6 +720,18 @@ def save_winner(p: Prepared, winner: dict, setup_scores) -> dict:
     return state
 
 
+def measure_speed(p: Prepared, winner_dir: Path, batch_size: int = 32) -> dict:
+    """Measured forward latency of the baseline and the pruned winner on the driver's device:
+    the pruned network is physically smaller, so it must also be faster."""
+    from .cost import measure_latency
+    from .surgery import load_pruned
+    shape = p.splits.input_shape
+    base_ms = measure_latency(p.model, shape, batch_size=batch_size, device=p.device)
+    win_ms = measure_latency(load_pruned(winner_dir), shape, batch_size=batch_size, device=p.device)
+    return {"device": p.device, "batch_size": batch_size, "baseline_ms": base_ms, "winner_ms": win_ms,
+            "speedup": base_ms / win_ms if win_ms > 0 else None}
+
+
 def _clean_checkpoints(rows: list[dict], winner: dict | None) -> None:
     for r in rows:
         if r.get("_checkpoint") and (winner is None or r is not winner):
@@ -787,6 +799,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     _clean_checkpoints(rows, winner)
     report.write_json(summary, run_dir / "summary.json")
     summary.update(stage_final(p, scores, baseline, winner, winner_state))
+    summary["speed"] = measure_speed(p, run_dir / "winner")
     report.write_json(summary, run_dir / "summary.json")
     report.render(run_dir)
     say(f"done: {run_dir / 'report.md'}")

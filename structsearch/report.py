@@ -163,6 +163,11 @@ def render(run_dir) -> Path:
                 row(label, summary[key], winner["macs"], winner["params"])
         lines += ["", f"Winner: trial `{winner['trial_id']}`, origin `{winner['origin']}`, widths "
                   f"`{winner['widths']}`.", ""]
+        speed = summary.get("speed")
+        if speed:
+            lines += [f"Measured forward latency ({speed['device']}, batch {speed['batch_size']}): "
+                      f"baseline {speed['baseline_ms']:.2f} ms, winner {speed['winner_ms']:.2f} ms "
+                      f"({speed['speedup']:.2f}x faster).", ""]
         protocols = {k: summary[k]["test_acc"] for k in ("finetune", "scratch_e", "scratch_b")
                      if summary.get(k) and summary[k].get("test_acc") is not None}
         if protocols:

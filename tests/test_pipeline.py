@@ -84,7 +84,10 @@ def test_final_stage_reports_all_protocols(mini_run):
     assert summary["scratch_e"]["epochs"] == 3
     ratio = summary["baseline"]["macs"] / summary["winner"]["macs"]
     assert summary["scratch_b"]["epochs"] == int(np.ceil(3 * min(ratio, 2.0)))
+    speed = summary["speed"]
+    assert speed["baseline_ms"] > 0 and speed["winner_ms"] > 0
     report = (run / "report.md").read_text()
+    assert "Measured forward latency" in report
     for word in ("baseline", "fine-tune", "Scratch-E", "Scratch-B", "pareto.png", "widths.png"):
         assert word in report
 
