@@ -68,6 +68,9 @@ class ArtificialBeeColony(SearchCore):
             wanted = [math.ceil(group.width * k / 10) for k in range(1, max_preserve + 1)]
             # Snap down onto the space's grid (never above the code's width), floor included.
             snapped = {int(grid[max(0, np.searchsorted(grid, w, side="right") - 1)]) for w in wanted}
+            # The space's floor is always a level, so a budget below the 10% code still has
+            # feasible sources (projection may go down to min_ratio).
+            snapped.add(int(grid[0]))
             levels.append(np.array(sorted(snapped), dtype=np.int64))
         return levels
 
@@ -118,6 +121,8 @@ class ArtificialBeeColony(SearchCore):
         self._set_phase("init", moves)
 
     def _set_phase(self, phase: str, moves: list[dict]) -> None:
+        for index, move in enumerate(moves):
+            move["index"] = index  # greedy steps apply in proposal order, not arrival order
         self.phase = phase
         self.queue = moves
         self.done_moves = []
@@ -161,7 +166,9 @@ class ArtificialBeeColony(SearchCore):
 
     def _advance(self) -> bool:
         """Apply the finished phase (greedy steps in order) and start the next; False at the end."""
-        for move in self.done_moves:
+        # Apply in proposal order: with parallel trials results arrive in any order, and the
+        # colony (trails, scouts, everything after) must not depend on it.
+        for move in sorted(self.done_moves, key=lambda m: m["index"]):
             self._apply(move)
         if self.phase in ("init", "scout"):
             if self.phase == "scout":

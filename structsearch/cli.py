@@ -62,8 +62,9 @@ def _inspect(args) -> int:
     if target.is_dir() or target.name == "arch.json":
         arch = read_arch(target)
         model = models.build(arch["model"], **arch["model_kwargs"])
-        space = WidthSpace.from_model(model, arch["input_shape"], **{k: v for k, v in arch.get("space", {}).items()
-                                                                       if k in ("round_to", "min_ratio")})
+        opts = arch.get("space", {})
+        space = WidthSpace.from_model(model, arch["input_shape"], round_to=opts.get("round_to", 1),
+                                      min_ratio=opts.get("min_ratio", 0.1), ignore=tuple(opts.get("ignore", ())))
         print(space.table(arch["widths"]))
         return 0
     if target.suffix in (".yaml", ".yml") or target.is_file():

@@ -103,7 +103,7 @@ def budget_macs(cfg: Config, space: WidthSpace) -> float:
                           "use budget.macs_ratio or budget.macs")
     full, floor = space.full_macs, space.min_macs
     if b.latency_ms is not None:
-        target, key, unit = float(b.latency_ms), "budget.latency_ms", "ms"
+        target, key = float(b.latency_ms), "budget.latency_ms"
         if target >= full:
             raise ConfigError(f"{key}: budget {target:.4g} ms is not below the baseline's predicted "
                               f"{full:.4g} ms on this device; nothing to prune")
@@ -173,7 +173,7 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
     prepared = Prepared(cfg, run_dir, splits, spec, kwargs, model, space, max_macs, device, search_space)
     check_searcher(prepared)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if prepared.latency and not (run_dir / "latency.json").is_file():
+    if prepared.latency and getattr(prepared.search_space, "fresh_table", False):
         prepared.search_space.latency_table.save(run_dir / "latency.json")
     return prepared
 
@@ -182,9 +182,10 @@ def latency_space(space: WidthSpace, model, cfg: Config, run_dir: Path) -> Width
     """A latency-costed view of ``space``; the table is measured once on the search device (the
     device candidates train on) and kept in RUN_DIR/latency.json (reused on --resume)."""
     from .latency import LatencySpace, LatencyTable
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # The device the candidates train on: a GPU only when trials ask for one.
+    device = "cuda" if cfg.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     file = run_dir / "latency.json"
-    table = None
+    table, fresh = None, False
     if file.is_file():
         table = LatencyTable.load(file)
         if len(table.widths) != len(space) or table.device != device:
@@ -192,8 +193,10 @@ def latency_space(space: WidthSpace, model, cfg: Config, run_dir: Path) -> Width
     if table is None:
         say(f"latency: measuring {len(space)} groups on {device} (batch {cfg.budget.latency_batch_size})")
         table = LatencyTable.measure(model, space, device=device, batch_size=cfg.budget.latency_batch_size)
-    # Saved by prepare() once the whole input is known to be good.
-    return LatencySpace(space, table)
+        fresh = True
+    view = LatencySpace(space, table)
+    view.fresh_table = fresh  # prepare() saves a new table once the whole input is known to be good
+    return view
 
 
 def check_searcher(p: Prepared) -> None:
@@ -525,14 +528,12 @@ def stage_supernet(p: Prepared, scores, baseline: dict) -> dict:
     trainable = tune.with_resources(
         tune.with_parameters(dmcp_trainable, setup=setup, baseline_state=state),
         {"cpu": max(s.resources.cpu, 1), "gpu": s.resources.gpu})
-    exp = tune_storage(p) / "dmcp"
-    if exp.exists():
-        shutil.rmtree(exp)
+    _fresh_experiment(p, "dmcp")
     say(f"dmcp: training the supernet for {conf['epochs']} epochs towards {p.max_macs / 1e6:.3f} M MACs")
     tuner = tune.Tuner(trainable, param_space=conf,
                        tune_config=tune.TuneConfig(num_samples=1, trial_dirname_creator=_trial_dirname,
                                                    trial_name_creator=_trial_dirname),
-                       run_config=tune.RunConfig(name="dmcp", storage_path=str(tune_storage(p)), verbose=0))
+                       run_config=tune.RunConfig(name="dmcp", storage_path=tune_storage(p), verbose=0))
     result = tuner.fit()[0]
     if result.error is not None:
         raise SearchFailed(f"the DMCP supernet trial failed: {str(result.error).splitlines()[-1][:300]}")
@@ -543,12 +544,32 @@ def stage_supernet(p: Prepared, scores, baseline: dict) -> dict:
     return chains
 
 
-def tune_storage(p: Prepared) -> Path:
-    """Where Tune keeps its experiments: RUN_DIR/tune, or ``search.storage_path`` (a path every
-    node of a cluster can reach)."""
-    if p.cfg.search.storage_path:
-        return Path(p.cfg.search.storage_path).expanduser().resolve() / p.run_dir.name
-    return p.run_dir / "tune"
+def tune_storage(p: Prepared) -> str:
+    """Where Tune keeps its experiments: RUN_DIR/tune, or under ``search.storage_path`` (a path
+    or URI such as s3://bucket/prefix that every node of a cluster can reach). Shared storage is
+    keyed by the run directory's name plus a hash of its full path, so two runs with the same
+    name never share (or delete) each other's experiments."""
+    base = p.cfg.search.storage_path
+    if not base:
+        return str(p.run_dir / "tune")
+    import hashlib
+    key = f"{p.run_dir.name}-{hashlib.sha1(str(p.run_dir).encode()).hexdigest()[:8]}"
+    if "://" in base:
+        return f"{base.rstrip('/')}/{key}"
+    return str(Path(base).expanduser().resolve() / key)
+
+
+def _experiment(p: Prepared, name: str) -> str:
+    return f"{tune_storage(p).rstrip('/')}/{name}"
+
+
+def _fresh_experiment(p: Prepared, name: str) -> str:
+    """The experiment's path, emptied first when it is local (a new run never mixes with old
+    trials; remote storage is left to its own lifecycle rules)."""
+    path = _experiment(p, name)
+    if "://" not in path and Path(path).exists():
+        shutil.rmtree(path)
+    return path
 
 
 def _scheduler(p: Prepared):
@@ -573,16 +594,15 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> 
         tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
         {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     storage = tune_storage(p)
-    exp = storage / "search"
+    exp = _experiment(p, "search")
     start = time.perf_counter()
     progress = _Progress(core.num_candidates, "candidate")
-    if resume and tune.Tuner.can_restore(str(exp)):
+    if resume and tune.Tuner.can_restore(exp):
         say(f"search: resuming {exp}")
-        tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=False,
+        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=False,
                                    restart_errored=False, resume_unfinished=True)
     else:
-        if exp.exists():
-            shutil.rmtree(exp)
+        _fresh_experiment(p, "search")
         search_alg = TuneSearcher(core, metric="val_acc")
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates x "
             f"{s.epochs} epochs, {s.concurrent} at a time, budget {budget_text(p)}")
@@ -593,7 +613,7 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> 
                                         scheduler=_scheduler(p),
                                         trial_dirname_creator=_trial_dirname,
                                         trial_name_creator=_trial_dirname),
-            run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
+            run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0,
                                       callbacks=[progress],
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
@@ -677,14 +697,12 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         tune.with_parameters(final_trainable, setup=setup, baseline_state=state, winner_state=winner_state),
         {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     say("final: " + ", ".join(f"{r['protocol']} {r['epochs']} ep" for r in runs) + " in parallel")
-    exp = tune_storage(p) / "final"
-    if exp.exists():
-        shutil.rmtree(exp)
+    _fresh_experiment(p, "final")
     tuner = tune.Tuner(
         trainable, param_space={"run": tune.grid_search(runs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=len(runs), trial_dirname_creator=_trial_dirname,
                                     trial_name_creator=_trial_dirname),
-        run_config=tune.RunConfig(name="final", storage_path=str(tune_storage(p)), verbose=0,
+        run_config=tune.RunConfig(name="final", storage_path=tune_storage(p), verbose=0,
                                   callbacks=[_Progress(len(runs), "final")]))
     results = tuner.fit()
     from trainables.common import build_pruned_model
@@ -769,7 +787,9 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     search_seconds = time.perf_counter() - started
     winner = pick_winner(rows, p.max_macs)
     report.write_candidates(rows, run_dir / "candidates.csv")
-    report.write_width_histograms(rows, p.space.full_widths, tune_storage(p) / "widths")
+    # TensorBoard histograms live beside the trials when storage is local, else in RUN_DIR/tune.
+    local = tune_storage(p) if "://" not in tune_storage(p) else str(run_dir / "tune")
+    report.write_width_histograms(rows, p.space.full_widths, Path(local) / "widths")
     summary = {
         "baseline": baseline,
         "budget": ({"latency_ms": p.max_macs, "max_macs": None, "macs_ratio": None,
@@ -786,6 +806,10 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     if winner is None:
         report.write_json(summary, run_dir / "summary.json")
         report.render(run_dir)
+        failed = sum(r["status"] == "error" for r in rows)
+        if failed < len(rows):
+            raise SearchFailed(f"no candidate finished within the budget ({failed} of {len(rows)} "
+                               f"failed); see {run_dir / 'candidates.csv'}")
         raise SearchFailed(f"every candidate failed ({len(rows)} of {len(rows)}); see "
                            f"{run_dir / 'candidates.csv'} for the errors")
     summary["winner"] = {k: winner[k] for k in ("trial_id", "origin", "widths", "macs", "params",

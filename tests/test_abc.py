@@ -163,3 +163,33 @@ def test_abc_beats_random_on_smooth_objective(space):
     wins = sum(a > r for a, r in zip(abc_best, rnd_best))
     assert np.mean(abc_best) > np.mean(rnd_best) + 0.02, (abc_best, rnd_best)
     assert wins >= 3, (abc_best, rnd_best)
+
+
+def test_result_arrival_order_does_not_change_the_colony(space):
+    """Parallel trials finish in any order; the proposals must only depend on the seed."""
+    def run(reverse):
+        core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=80, seed=11,
+                                   food_number=5, food_limit=2, max_cycle=6)
+        out = []
+        while True:
+            batch = []
+            while True:
+                p = core.ask()
+                if p is None or p == FINISHED:
+                    break
+                batch.append(p)
+            out += [p.widths for p in batch]
+            for p in (reversed(batch) if reverse else batch):
+                core.tell(p.token, smooth(space, p.widths))
+            if p == FINISHED:
+                return out
+    assert run(False) == run(True)
+
+
+def test_budget_below_the_ten_percent_code_stays_feasible():
+    space = WidthSpace.from_model(models.build("cifar_resnet20"), (3, 32, 32), min_ratio=0.05)
+    budget = 1.02 * space.min_macs  # below every 10%-code network, above the 5% floor
+    core = ArtificialBeeColony(space, max_macs=budget, num_candidates=30, seed=0, food_number=4)
+    for batch in run_batches(core, space):
+        for p in batch:
+            assert space.macs(p.widths) <= budget

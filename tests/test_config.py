@@ -62,3 +62,29 @@ def test_dump_round_trip(tmp_path):
 def test_every_shipped_config_validates(path):
     cfg = C.load(path)
     assert cfg.budget.macs_ratio is not None or cfg.budget.macs is not None
+
+
+def test_yaml_exponent_without_sign_is_a_float(tmp_path):
+    # YAML 1.1 reads 62.7e6 as a string; the documented budget must still work.
+    f = tmp_path / "c.yaml"
+    f.write_text("budget: {macs: 62.7e6}\n")
+    assert C.load(f).budget.macs == pytest.approx(62.7e6)
+    assert C.load(ROOT / "configs" / "demo.yaml", ["budget.macs_ratio=null", "budget.macs=1.5e5"]).budget.macs == 1.5e5
+
+
+def test_shared_storage_keys_and_uris(tmp_path):
+    from types import SimpleNamespace
+
+    from structsearch.pipeline import tune_storage
+
+    def prepared(run_dir, storage):
+        cfg = C.from_dict({"budget": {"macs_ratio": 0.5}, "search": {"storage_path": storage}})
+        return SimpleNamespace(cfg=cfg, run_dir=run_dir)
+
+    a = tune_storage(prepared(tmp_path / "a" / "run1", "s3://bucket/prefix/"))
+    b = tune_storage(prepared(tmp_path / "b" / "run1", "s3://bucket/prefix/"))
+    assert a.startswith("s3://bucket/prefix/run1-") and b.startswith("s3://bucket/prefix/run1-")
+    assert a != b, "two runs with the same name must not share an experiment"
+    local = tune_storage(prepared(tmp_path / "run1", str(tmp_path / "shared")))
+    assert local.startswith(str(tmp_path / "shared" / "run1-"))
+    assert tune_storage(prepared(tmp_path / "run1", None)) == str(tmp_path / "run1" / "tune")

@@ -275,3 +275,18 @@ def test_onnx_export(tmp_path):
     with torch.no_grad():
         expected = pruned.eval()(x).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_inspects_a_saved_model_whose_space_ignored_groups(tmp_path):
+    import subprocess
+    import sys
+
+    model = models.build("cifar_resnet20", num_classes=10)
+    space = WidthSpace.from_model(model, (3, 32, 32), ignore=("layer3.*",), model_name="cifar_resnet20",
+                                  model_kwargs={"num_classes": 10})
+    w = space.uniform(0.5)
+    save_pruned(prune(model, space, w), space, w, tmp_path / "m")
+    res = subprocess.run([sys.executable, "-m", "structsearch.cli", "inspect", str(tmp_path / "m")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"total: {len(space)} groups" in res.stdout

@@ -35,7 +35,15 @@ class TrialSetup:
 
 
 def device_for_trial() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """CUDA only when Ray gave this trial a GPU: a 0-GPU trial on a GPU machine still sees the
+    card, and training there would bypass Ray's accounting."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    try:
+        import ray
+        return "cuda" if ray.get_gpu_ids() else "cpu"
+    except Exception:  # noqa: BLE001 - outside a Ray worker (direct calls in tests, benchmarks)
+        return "cuda"
 
 
 def load_splits(spec: data_mod.DataSpec, device: str):
