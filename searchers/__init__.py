@@ -8,7 +8,7 @@ from .optuna_search import NSGA2Search, TPESearch
 from .seeded import SeededProposals
 from .core import FINISHED, WORST, Proposal, SearchCore
 from .random_search import RandomSearch
-from .uniform import UniformSweep, max_uniform_ratio
+from .uniform import UniformSweep
 
 _REGISTRY = {
     "abc": ArtificialBeeColony,
@@ -49,4 +49,4 @@ def build(name: str, space, *, max_macs: float, num_candidates: int, seed: int =
 
 
 __all__ = ["ArtificialBeeColony", "DMCPSampler", "SeededProposals", "TPESearch", "NSGA2Search", "DropNetSchedule", "FINISHED", "WORST", "Proposal", "SearchCore", "RandomSearch", "UniformSweep",
-           "max_uniform_ratio", "names", "build"]
+           "names", "build"]

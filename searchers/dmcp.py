@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from structsearch.dmcp import walk_chains
+
 from .core import FINISHED, SearchCore
 
 EXPORT_FILE = "dmcp.json"
@@ -41,17 +43,8 @@ def expected_widths(probs, chains) -> np.ndarray:
     return out
 
 
-def walk(rng: np.random.Generator, probs, chains, n: int) -> np.ndarray:
-    """``n`` direct samples: per group keep block ``k`` while ``U < p_k``; (n, G) ints."""
-    out = np.empty((n, len(chains)), dtype=np.int64)
-    for g, (p, chain) in enumerate(zip(probs, chains)):
-        p = np.asarray(p, dtype=np.float64)
-        if len(p) == 0:
-            out[:, g] = chain[0]
-            continue
-        count = np.cumprod(rng.random((n, len(p))) < p, axis=1).sum(axis=1)
-        out[:, g] = np.asarray(chain, dtype=np.int64)[count]
-    return out
+# One chain walk for the supernet's DS read-out and this sampler (same samples for one seed).
+walk = walk_chains
 
 
 class DMCPSampler(SearchCore):

@@ -8,12 +8,13 @@ Seeded proposals go in as the first trials.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import numpy as np
 
 from .core import SearchCore
 
 
-class _OptunaSearch(SearchCore):
+class _OptunaSearch(SearchCore, ABC):
     directions: list[str] = ["maximize"]
 
     def __init__(self, space, *, max_macs, num_candidates, seed=0, initial: list | None = None,
@@ -32,8 +33,9 @@ class _OptunaSearch(SearchCore):
             self.study.enqueue_trial(self._params(widths))
             self.origins.append(f"seed:{item.get('origin', 'given')}")
 
+    @abstractmethod
     def _sampler(self, optuna, seed, n_startup):
-        raise NotImplementedError
+        """The Optuna sampler of this strategy."""
 
     @staticmethod
     def _constrain(trial, excess: float) -> None:

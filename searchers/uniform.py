@@ -6,20 +6,6 @@ import numpy as np
 from .core import FINISHED, SearchCore
 
 
-def max_uniform_ratio(space, max_macs: float, tol: float = 1e-4) -> float:
-    """Largest ratio r with ``macs(uniform(r)) <= max_macs`` (bisection; MACs grow with r)."""
-    lo, hi = 0.0, 1.0
-    if space.macs(space.uniform(1.0)) <= max_macs:
-        return 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if space.macs(space.uniform(mid)) <= max_macs:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
 class UniformSweep(SearchCore):
     """Candidates ``uniform(r)`` for ratios from ``r*`` (the largest within budget) down to
     ``low * r*``; vectors that snap to the same grid point are proposed once."""
@@ -28,7 +14,7 @@ class UniformSweep(SearchCore):
 
     def __init__(self, space, *, max_macs, num_candidates, seed=0, low: float = 0.7):
         super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
-        top = max_uniform_ratio(space, max_macs)
+        top = space.max_uniform_ratio(max_macs, tol=1e-4)
         ratios = np.linspace(top, low * top, max(num_candidates, 1) * 4)
         vectors: list[tuple[int, ...]] = []
         for r in ratios:

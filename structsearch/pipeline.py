@@ -28,7 +28,7 @@ from . import models
 from . import report
 from .config import Config, ConfigError
 from .space import WidthError, WidthSpace
-from .surgery import CheckpointError, load_state_dict_file, load_weights, save_pruned
+from .surgery import CheckpointError, load_state_dict_file, load_weights, prune, save_pruned
 from .train import TrainSpec, evaluate, train
 
 log = logging.getLogger("structsearch")
@@ -201,9 +201,8 @@ def latency_space(space: WidthSpace, model, cfg: Config, run_dir: Path) -> Width
 
 def check_searcher(p: Prepared) -> None:
     """Catch bad searcher parameters and seed names before any training: the searcher is built
-    once with placeholders for what needs the trained baseline (seed vectors, scores, chains)."""
+    once with placeholders for what needs the trained baseline (seed vectors, chains)."""
     from . import seeds
-    import searchers
     s = p.cfg.search
     for entry in s.seeds:
         name, _, crit = str(entry).partition(":")
@@ -213,33 +212,7 @@ def check_searcher(p: Prepared) -> None:
         if name != "global" and name not in seeds.names():
             raise ConfigError(f"search.seeds: unknown proposal '{entry}'; choose from "
                               f"{', '.join(seeds.names())} or global:<criterion>")
-    placeholder = [{"origin": "check", "widths": [int(w) for w in p.space.uniform(0.5)]}]
-    params = {k: dict(v) for k, v in (s.params or {}).items()}
-    if s.abc:
-        params.setdefault("abc", {}).update(s.abc)
-    for name in s.searcher.split("+"):
-        own = params.setdefault(name, {})
-        for key in ("proposals", "initial"):
-            for i, item in enumerate(own.get(key) or []):
-                widths = item.get("widths") if isinstance(item, dict) else item
-                try:
-                    p.space.validate(widths)
-                except WidthError as exc:
-                    raise WidthError(f"search.params.{name}.{key}[{i}]: {exc}") from None
-        if name == "seeded":
-            own.setdefault("proposals", placeholder)
-        elif name in ("abc", "tpe", "nsga2") and s.seeds:
-            own["initial"] = placeholder
-        elif name == "dmcp":
-            for key in DMCP_SUPERNET_KEYS:
-                own.pop(key, None)
-            own["chains"] = _placeholder_chains(p)
-    own = params if "+" in s.searcher else params.get(s.searcher, {})
-    try:
-        searchers.build(s.searcher, p.search_space, max_macs=p.max_macs, num_candidates=s.candidates,
-                        seed=p.cfg.seed, params=own)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"search.params.{s.searcher}: {str(exc).splitlines()[0]}") from None
+    build_searcher(p, placeholders=True)
 
 
 def check_resources(cfg: Config, address: str | None) -> None:
@@ -391,20 +364,34 @@ def dmcp_supernet_config(p: Prepared) -> dict:
     return conf
 
 
-def searcher_params(p: Prepared, chains: dict | None = None) -> dict:
+def searcher_params(p: Prepared, chains: dict | None = None, *, placeholders: bool = False) -> dict:
     """Parameters of every searcher in ``search.searcher`` (``a+b`` too), with the seeded
-    proposals and channel scores the numpy-only searchers cannot compute themselves."""
+    proposals and channel scores the numpy-only searchers cannot compute themselves. With
+    ``placeholders`` (input checks before training) seed vectors are a uniform stand-in and
+    no score is computed."""
     s = p.cfg.search
     params = {k: dict(v) for k, v in (s.params or {}).items()}
     if s.abc:
         params.setdefault("abc", {}).update(s.abc)
+    stand_in = [{"origin": "check", "widths": [int(w) for w in p.space.uniform(0.5)]}]
+
+    def seeded(names):
+        return stand_in if placeholders else seed_proposals(p, names)
+
     for name in s.searcher.split("+"):
         own = params.setdefault(name, {})
+        for key in ("proposals", "initial"):  # width vectors written in the config
+            for i, item in enumerate(own.get(key) or []):
+                widths = item.get("widths") if isinstance(item, dict) else item
+                try:
+                    p.space.validate(widths)
+                except WidthError as exc:
+                    raise WidthError(f"search.params.{name}.{key}[{i}]: {exc}") from None
         if name == "seeded" and "proposals" not in own:
-            own["proposals"] = seed_proposals(p, s.seeds or default_seeds(p))
+            own["proposals"] = seeded(s.seeds or default_seeds(p))
         elif name in ("abc", "tpe", "nsga2") and s.seeds and "initial" not in own:
-            own["initial"] = seed_proposals(p, s.seeds)
-        elif name == "dropnet" and "scores" not in own:
+            own["initial"] = seeded(s.seeds)
+        elif name == "dropnet" and "scores" not in own and not placeholders:
             own["scores"] = criterion_scores(p, "activation")
         elif name == "dmcp":
             for key in DMCP_SUPERNET_KEYS:
@@ -482,14 +469,14 @@ def budget_text(p: Prepared) -> str:
     return f"{p.max_macs:.3f} ms predicted latency" if p.latency else f"{p.max_macs / 1e6:.3f} M MACs"
 
 
-def build_searcher(p: Prepared, chains: dict | None = None):
+def build_searcher(p: Prepared, chains: dict | None = None, *, placeholders: bool = False):
     """The searcher core with its parameters, checked before Ray starts. DMCP's sampler needs
     the supernet's chains: before they exist it is checked with uniform placeholder chains."""
     import searchers
     s = p.cfg.search
     if "dmcp" in s.searcher.split("+") and chains is None:
         chains = _placeholder_chains(p)
-    params = searcher_params(p, chains)
+    params = searcher_params(p, chains, placeholders=placeholders)
     own = params if "+" in s.searcher else params.get(s.searcher, {})
     try:
         return searchers.build(s.searcher, p.search_space, max_macs=p.max_macs,
@@ -705,7 +692,6 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         run_config=tune.RunConfig(name="final", storage_path=tune_storage(p), verbose=0,
                                   callbacks=[_Progress(len(runs), "final")]))
     results = tuner.fit()
-    from trainables.common import build_pruned_model
     for result in results:
         run = result.config["run"]
         key = run["protocol"]
@@ -715,27 +701,28 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         m = result.metrics
         entry = {k: m.get(k) for k in ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")}
         out = p.run_dir / "winner" / key
-        with result.checkpoint.as_directory() as ckpt_dir:
-            weights = load_state_dict_file(Path(ckpt_dir) / "weights.pt")
-        model = build_pruned_model(setup, None, winner["widths"], inherit=False)
-        model.load_state_dict(weights)
-        save_pruned(model, p.space, winner["widths"], out)
+        save_trained(p, winner["widths"], result.checkpoint, out)
         report.write_json(entry, out / "metrics.json")
         done[key] = entry
     return done
 
 
-def save_winner(p: Prepared, winner: dict, setup_scores) -> dict:
-    """Copy the winning candidate's trained weights to winner/ (arch.json + weights.pt)."""
-    from trainables.common import build_pruned_model
-    with winner["_checkpoint"].as_directory() as ckpt_dir:
+def save_trained(p: Prepared, widths, checkpoint, out: Path, extra: dict | None = None) -> dict:
+    """Save a trial's trained weights (from its Tune checkpoint) as ``out/arch.json`` +
+    ``out/weights.pt``; returns the state_dict."""
+    with checkpoint.as_directory() as ckpt_dir:
         state = load_state_dict_file(Path(ckpt_dir) / "weights.pt")
-    setup = _setup(p, setup_scores, {"macs": p.space.full_macs})
-    model = build_pruned_model(setup, None, winner["widths"], inherit=False)
+    model = prune(models.build(p.cfg.model.name, **p.model_kwargs), p.space, widths)
     model.load_state_dict(state)
-    save_pruned(model, p.space, winner["widths"], p.run_dir / "winner",
-                extra={"val_acc": winner["val_acc"], "trial_id": winner["trial_id"], "origin": winner["origin"]})
+    save_pruned(model, p.space, widths, out, extra=extra)
     return state
+
+
+def save_winner(p: Prepared, winner: dict) -> dict:
+    """Copy the winning candidate's trained weights to winner/ (arch.json + weights.pt)."""
+    return save_trained(p, winner["widths"], winner["_checkpoint"], p.run_dir / "winner",
+                        extra={"val_acc": winner["val_acc"], "trial_id": winner["trial_id"],
+                               "origin": winner["origin"]})
 
 
 def measure_speed(p: Prepared, winner_dir: Path, batch_size: int = 32) -> dict:
@@ -819,7 +806,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
         summary["winner"]["latency_ms"] = winner["cost"]
     say(f"winner: {winner['origin']} val {100 * winner['val_acc']:.2f}% at "
         f"{100 * winner['macs_ratio']:.1f}% MACs")
-    winner_state = save_winner(p, winner, scores)
+    winner_state = save_winner(p, winner)
     _clean_checkpoints(rows, winner)
     report.write_json(summary, run_dir / "summary.json")
     summary.update(stage_final(p, scores, baseline, winner, winner_state))

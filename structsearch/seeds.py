@@ -57,16 +57,10 @@ def uniform_widths(space: WidthSpace, macs: float, *, tol: float = 1e-6) -> np.n
     """``space.uniform(r)`` for the largest ratio r in (0, 1] that fits ``macs`` (bisection;
     MACs grow with r)."""
     _check_budget(space, macs)
-    if space.macs(space.uniform(1.0)) <= macs:
+    ratio = space.max_uniform_ratio(macs, tol=tol)
+    if ratio >= 1.0:
         return space.uniform(1.0)
-    lo, hi = 0.0, 1.0
-    while hi - lo > tol:
-        mid = 0.5 * (lo + hi)
-        if space.macs(space.uniform(mid)) <= macs:
-            lo = mid
-        else:
-            hi = mid
-    return space.project(space.uniform(max(lo, 1e-9)), macs)
+    return space.project(space.uniform(max(ratio, 1e-9)), macs)
 
 
 # ------------------------------------------------------------------ global threshold

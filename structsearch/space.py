@@ -368,6 +368,20 @@ class WidthSpace:
         """Same fraction ``ratio`` in (0, 1] of every group's full width, snapped to the grid."""
         return self.snap([ratio * g.width for g in self.groups])
 
+    def max_uniform_ratio(self, max_macs: float, *, tol: float = 1e-6) -> float:
+        """Largest ratio r in [0, 1] with ``macs(uniform(r)) <= max_macs`` (bisection; the cost
+        grows with r)."""
+        if self.macs(self.uniform(1.0)) <= max_macs:
+            return 1.0
+        lo, hi = 0.0, 1.0
+        while hi - lo > tol:
+            mid = 0.5 * (lo + hi)
+            if self.macs(self.uniform(mid)) <= max_macs:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     def validate(self, widths) -> np.ndarray:
         """Return ``widths`` as an int array or raise :class:`WidthError` saying what is wrong."""
         try:

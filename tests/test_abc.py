@@ -19,8 +19,9 @@ def smooth(space, widths):
     return float((weights * np.sqrt(w)).sum() / weights.sum())
 
 
-def run_batches(core, space, fitness=smooth):
-    """Drive like Tune: ask until None/FINISHED, then report the whole batch."""
+def run_batches(core, space, fitness=smooth, reverse=False):
+    """Drive like Tune: ask until None/FINISHED, then report the whole batch (in reverse order
+    with ``reverse``, as parallel trials may finish)."""
     batches = []
     while True:
         batch = []
@@ -31,7 +32,7 @@ def run_batches(core, space, fitness=smooth):
             batch.append(p)
         if batch:
             batches.append(batch)
-            for p in batch:
+            for p in (reversed(batch) if reverse else batch):
                 core.tell(p.token, fitness(space, p.widths))
         if p == FINISHED:
             return batches
@@ -170,19 +171,7 @@ def test_result_arrival_order_does_not_change_the_colony(space):
     def run(reverse):
         core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=80, seed=11,
                                    food_number=5, food_limit=2, max_cycle=6)
-        out = []
-        while True:
-            batch = []
-            while True:
-                p = core.ask()
-                if p is None or p == FINISHED:
-                    break
-                batch.append(p)
-            out += [p.widths for p in batch]
-            for p in (reversed(batch) if reverse else batch):
-                core.tell(p.token, smooth(space, p.widths))
-            if p == FINISHED:
-                return out
+        return [p.widths for batch in run_batches(core, space, reverse=reverse) for p in batch]
     assert run(False) == run(True)
 
 

@@ -1,6 +1,7 @@
 """The criterion protocol and the helpers every criterion shares."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Callable, Iterable
 
 import numpy as np
@@ -10,15 +11,16 @@ from torch import nn
 from ..space import WidthSpace
 
 
-class Criterion:
+class Criterion(ABC):
     """Scores every channel of every group; higher means more important."""
 
     name = "criterion"
     needs_data = False
 
+    @abstractmethod
     def scores(self, model: nn.Module, space: WidthSpace,
                batches: Iterable | None = None) -> list[np.ndarray]:
-        raise NotImplementedError
+        """One score array per group of ``space`` (length = the group's width; higher = keep)."""
 
     def params(self) -> dict:
         """The constructor parameters (JSON-able), e.g. for cache keys and run records."""
