@@ -18,8 +18,9 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.sgd import sgd as _sgd_update
 
-__all__ = ["Regularizer", "TrainSpec", "evaluate", "lr_factor", "train"]
+__all__ = ["Regularizer", "SGD", "TrainSpec", "evaluate", "lr_factor", "train"]
 
 
 @dataclass(frozen=True)
@@ -165,13 +166,8 @@ def train(
     steps_per_epoch = n // spec.batch_size if drop_last else math.ceil(n / spec.batch_size)
     total_steps = max(steps_per_epoch * spec.epochs, 1)
 
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=spec.lr * lr_factor(spec, 0, total_steps),
-        momentum=spec.momentum,
-        nesterov=spec.nesterov,
-        weight_decay=spec.weight_decay,
-    )
+    optimizer = SGD(model.parameters(), momentum=spec.momentum, nesterov=spec.nesterov,
+                    weight_decay=spec.weight_decay)
     criterion = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
     channels_last = device.type == "cuda"
     # A host read of the loss stalls a GPU pipeline, so CUDA checks finiteness in strides;
@@ -196,8 +192,6 @@ def train(
             drop_last=drop_last,
         )
         for i, (x, y) in enumerate(batches):
-            for group in optimizer.param_groups:
-                group["lr"] = spec.lr * lr_factor(spec, step, total_steps)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
@@ -208,11 +202,11 @@ def train(
                 penalty = regularizer.penalty(model)
                 if penalty is not None:
                     loss = loss + penalty
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             if regularizer is not None:
                 regularizer.after_backward(model)
-            optimizer.step()
+            optimizer.step(spec.lr * lr_factor(spec, step, total_steps))
 
             detached = loss.detach()
             nonfinite |= ~torch.isfinite(detached)
@@ -248,6 +242,41 @@ def train(
         result = evaluate(model, val_split, device=device)
         metrics["val_acc"], metrics["val_loss"] = result["top1"], result["loss"]
     return {**metrics, "history": history}
+
+
+class SGD:
+    """The update of ``torch.optim.SGD`` (its functional form, so results are bit-identical),
+    without the ``torch.optim.Optimizer`` base class.
+
+    Constructing or stepping a torch ``Optimizer`` imports ``torch._dynamo`` on first use, about
+    1.7 s of CPU per process. Every fresh Ray trial worker would pay it before its first step;
+    with short candidate trials that is a measurable share of a search (benchmarks/trial_overhead.py).
+    """
+
+    def __init__(self, params, *, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.params = [p for p in params if p.requires_grad]
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        buffers = [self.buffers[i] for i in live]
+        _sgd_update([self.params[i] for i in live], [self.params[i].grad for i in live], buffers,
+                    weight_decay=self.weight_decay, momentum=self.momentum, lr=lr, dampening=0.0,
+                    nesterov=self.nesterov, maximize=False)
+        if self.momentum:
+            for i, buf in zip(live, buffers):
+                self.buffers[i] = buf
 
 
 def _empty_metrics() -> dict:

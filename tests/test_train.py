@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from structsearch import data, models
-from structsearch.train import TrainSpec, evaluate, lr_factor, train
+from structsearch.train import SGD, TrainSpec, evaluate, lr_factor, train
 
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_acc", "val_loss", "images_per_s", "seconds"}
 
@@ -171,3 +171,31 @@ def test_lr_schedules():
     assert lr_factor(TrainSpec(epochs=3, schedule="constant"), 77, 100) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         TrainSpec(epochs=1, schedule="linear")
+
+
+@pytest.mark.parametrize("momentum,nesterov,weight_decay", [(0.9, True, 5e-4), (0.9, False, 1e-4), (0.0, False, 0.0)])
+def test_sgd_matches_torch_optim_sgd_bit_for_bit(momentum, nesterov, weight_decay):
+    # Our SGD skips torch's Optimizer class (its first use imports torch._dynamo, ~1.7 s per
+    # trial process) but must be the same update, including a parameter without a gradient.
+    torch.manual_seed(0)
+    ours, ref = (models.build("small_cnn", num_classes=10, in_channels=1) for _ in range(2))
+    ref.load_state_dict(ours.state_dict())
+    frozen = [m for m in ours.modules() if isinstance(m, torch.nn.Linear)][0]
+    opt = SGD(ours.parameters(), momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov,
+                              weight_decay=weight_decay)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for step, lr in enumerate([0.1, 0.05, 0.02]):
+        for model in (ours, ref):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+        if step == 1:  # one parameter gets no gradient this step: both must skip it
+            frozen.weight.grad = None
+            [m for m in ref.modules() if isinstance(m, torch.nn.Linear)][0].weight.grad = None
+        for group in ref_opt.param_groups:
+            group["lr"] = lr
+        opt.step(lr)
+        ref_opt.step()
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert sum(b is not None for b in opt.buffers) == (len(opt.params) if momentum else 0)
