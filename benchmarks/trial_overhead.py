@@ -43,17 +43,12 @@ def timeline(log: str, fit_start: float, fit_end: float) -> dict:
             "tail": max(ends) - min(ends), "workers": len(workers)}
 
 
-def run(n: int, concurrent: int, epochs: int, dataset: str = "digits"):
-    from ray import tune
-
-    import searchers
-    from searchers.adapter import TuneSearcher
+def make_setup(dataset: str, epochs: int):
     from structsearch import data as D, models
+    from structsearch.criteria import get
     from structsearch.space import WidthSpace
     from structsearch.train import TrainSpec
     from trainables.common import TrialSetup
-    from structsearch.criteria import get
-    import tempfile
 
     spec = D.DataSpec(name=dataset, val_fraction=0.2)
     splits = D.load(spec)
@@ -63,13 +58,30 @@ def run(n: int, concurrent: int, epochs: int, dataset: str = "digits"):
     setup = TrialSetup("small_cnn", {"num_classes": 10, "in_channels": 1}, spec, space,
                        get("l1").scores(model, space), TrainSpec(epochs=epochs, lr=0.02, batch_size=64),
                        baseline_macs=space.full_macs)
-    core = searchers.build("random", space, max_macs=0.5 * space.full_macs, num_candidates=n, seed=0)
+    return setup, model.state_dict()
+
+
+def random_core(setup, n: int):
+    import searchers
+    space = setup.space
+    return searchers.build("random", space, max_macs=0.5 * space.full_macs, num_candidates=n, seed=0)
+
+
+def run(n: int, concurrent: int, epochs: int, dataset: str = "digits"):
+    import tempfile
+
+    from ray import tune
+
+    from searchers.adapter import TuneSearcher
+
+    setup, state = make_setup(dataset, epochs)
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "trials.jsonl")
         trainable = tune.with_resources(tune.with_parameters(
-            logged_trainable, log=log, setup=setup, baseline_state=model.state_dict()), {"cpu": 1})
+            logged_trainable, log=log, setup=setup, baseline_state=state), {"cpu": 1})
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(
-            search_alg=TuneSearcher(core), num_samples=n, max_concurrent_trials=concurrent, reuse_actors=True),
+            search_alg=TuneSearcher(random_core(setup, n)), num_samples=n,
+            max_concurrent_trials=concurrent, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0))
         start = time.time()
         results = tuner.fit()
@@ -79,12 +91,48 @@ def run(n: int, concurrent: int, epochs: int, dataset: str = "digits"):
     return end - start, inside, len(results), parts
 
 
+_PLAIN: dict = {}
+
+
+def _plain_init(setup, state) -> None:
+    import torch
+    torch.set_num_threads(1)
+    _PLAIN.update(setup=setup, state=state)
+
+
+def _plain_candidate(widths) -> float:
+    """The candidate trial's work (data, prune with inherited channels, train, validate) without Ray."""
+    from structsearch.train import train
+    from trainables.common import build_pruned_model, load_splits, widths_seed
+    start = time.perf_counter()
+    setup = _PLAIN["setup"]
+    splits = load_splits(setup.data_spec, "cpu")
+    model = build_pruned_model(setup, _PLAIN["state"], widths, inherit=True)
+    train(model, splits.train, setup.train, val_split=splits.val, seed=widths_seed(widths, setup.seed))
+    return time.perf_counter() - start
+
+
+def run_plain(n: int, processes: int, epochs: int, dataset: str):
+    """The same candidates in a pool of fresh 1-thread processes: the machine's own ceiling."""
+    import multiprocessing as mp
+
+    setup, state = make_setup(dataset, epochs)
+    core = random_core(setup, n)
+    proposals = [list(core.ask().widths) for _ in range(n)]
+    start = time.time()
+    with mp.get_context("spawn").Pool(processes, initializer=_plain_init, initargs=(setup, state)) as pool:
+        inside = sum(pool.imap_unordered(_plain_candidate, proposals, chunksize=1))
+    return time.time() - start, inside
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--data", nargs="*", default=["digits", "mnist5k"],
                         help="digits: tiny trials (overhead-bound); mnist5k: ~4,000 images per epoch")
+    parser.add_argument("--no-plain", action="store_true",
+                        help="skip the same candidates in plain processes without Ray (the ceiling)")
     args = parser.parse_args()
 
     import ray
@@ -109,6 +157,16 @@ def main() -> None:
                   f"{parts['gap']:.3f} s, tail {parts['tail']:.2f} s, {parts['workers']} worker(s)")
         print(f"  2-trial vs 1-trial throughput: {rows[2] / rows[1]:.2f}x over {args.trials} candidates "
               f"(target >= 1.8x)")
+        if not args.no_plain:
+            plain = {}
+            for processes in (1, 2):
+                wall, inside = run_plain(args.trials, processes, args.epochs, dataset)
+                plain[processes] = args.trials / wall
+                print(f"  without Ray, {processes} process(es): {args.trials} candidates in {wall:.1f} s wall, "
+                      f"{inside / args.trials:.2f} s each, {plain[processes]:.3f} candidates/s")
+            print(f"  2 vs 1 process without Ray (this machine's ceiling): {plain[2] / plain[1]:.2f}x; "
+                  f"Tune reaches {rows[1] / plain[1]:.0%} (1 trial) and {rows[2] / plain[2]:.0%} (2 trials) "
+                  f"of the plain throughput")
     ray.shutdown()
 
 

@@ -28,7 +28,8 @@ class TuneSearcher(Searcher):
         assert isinstance(proposal, Proposal)
         self.tokens[trial_id] = proposal.token
         return {"widths": list(proposal.widths), "origin": proposal.origin,
-                "searcher": proposal.searcher or self.core.name, "token": proposal.token}
+                "searcher": proposal.searcher or self.core.name, "token": proposal.token,
+                **(proposal.options or {})}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         token = self.tokens.pop(trial_id, None)
@@ -37,7 +38,7 @@ class TuneSearcher(Searcher):
         fitness = None
         if not error and result and self.metric in result and result.get("status", "ok") == "ok":
             fitness = float(result[self.metric])
-        self.core.tell(token, fitness)
+        self.core.tell(token, fitness, dict(result or {}) if not error else {})
 
     def save(self, checkpoint_path: str) -> None:
         # Write then rename: an interrupted save never leaves a half-written state.

@@ -216,9 +216,9 @@ class ArtificialBeeColony(SearchCore):
             if not self._advance():
                 return FINISHED
 
-    def tell(self, token, fitness):
+    def tell(self, token, fitness, info=None):
         widths = self.tokens.pop(token, None)
-        super().tell(token, fitness)
+        super().tell(token, fitness, info)
         if widths is None:
             return
         value = self.history[-1][1]

@@ -33,14 +33,15 @@ class CompositeSearch(SearchCore):
             self.asked += 1
             self.routes[token] = (index, got.token)
             self.pending[token] = (got.widths, got.origin)
-            return Proposal(token, got.widths, got.origin, got.searcher or self.parts[index].name)
+            return Proposal(token, got.widths, got.origin, got.searcher or self.parts[index].name,
+                            got.options)
         return FINISHED if finished == len(self.parts) else None
 
-    def tell(self, token, fitness):
+    def tell(self, token, fitness, info=None):
         route = self.routes.pop(token, None)
         if route is not None:
-            self.parts[route[0]].tell(route[1], fitness)
-        super().tell(token, fitness)
+            self.parts[route[0]].tell(route[1], fitness, info)
+        super().tell(token, fitness, info)
 
     def state(self) -> dict:
         return {"own": {k: v for k, v in super().state().items() if k != "parts"},

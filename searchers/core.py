@@ -2,8 +2,9 @@
 
 A searcher proposes width vectors for a :class:`~structsearch.space.WidthSpace` under a MACs
 budget. ``ask()`` returns a :class:`Proposal`, ``None`` ("wait: results I need are still
-running") or :data:`FINISHED`; ``tell(token, fitness)`` reports a proposal's fitness (higher is
-better; ``None`` for a failed candidate, which counts as the worst). ``state()`` returns
+running") or :data:`FINISHED`; ``tell(token, fitness, info)`` reports a proposal's fitness
+(higher is better; ``None`` for a failed candidate, which counts as the worst) and, in ``info``,
+whatever else the trial reported (DropNet reads its channels' activations there). ``state()`` returns
 everything needed to continue, and ``load_state`` restores it, so a resumed search proposes
 exactly what the interrupted one would have.
 """
@@ -24,6 +25,9 @@ class Proposal:
     widths: tuple[int, ...]
     origin: str
     searcher: str | None = None  # the proposing part of a composite searcher
+    # Instructions to the trial beyond the widths (merged into its config), e.g. DropNet's
+    # explicit channels ``keep``, ``init: original`` and ``channel_scores: True``.
+    options: dict | None = None
 
 
 class SearchCore:
@@ -48,7 +52,7 @@ class SearchCore:
         """The next (widths, origin), or None to wait, or FINISHED."""
         raise NotImplementedError
 
-    def _observe(self, token: int, widths: tuple[int, ...], fitness: float) -> None:
+    def _observe(self, token: int, widths: tuple[int, ...], fitness: float, info: dict) -> None:
         """Hook for algorithms that learn from results."""
 
     # -- protocol -----------------------------------------------------------------------
@@ -65,14 +69,14 @@ class SearchCore:
         self.pending[token] = (widths, origin)
         return Proposal(token, widths, origin)
 
-    def tell(self, token: int, fitness: float | None) -> None:
+    def tell(self, token: int, fitness: float | None, info: dict | None = None) -> None:
         entry = self.pending.pop(token, None)
         if entry is None:
             return
         widths, origin = entry
         value = WORST if fitness is None or not np.isfinite(fitness) else float(fitness)
         self.history.append((widths, value, origin))
-        self._observe(token, widths, value)
+        self._observe(token, widths, value, info or {})
 
     def feasible(self, widths) -> tuple[int, ...]:
         """Snap to the grid and repair into the budget."""

@@ -1,64 +1,89 @@
 """DropNet's iterative schedule (Tan & Motani, ICML 2020) as a sequential proposer.
 
-Each step drops a fraction ``p`` of the remaining channels with the lowest mean post-activation
-(``mode="min"``: one global ranking of normalised scores; ``"min_layer"``: ``p`` of every
-group), and the next candidate waits for the previous one's accuracy. The schedule starts from
-the largest network within the budget and stops when accuracy falls below ``kappa`` times the
-first candidate's. Channel scores come from the baseline (``scores``, one array per group,
-computed by the pipeline with the ``activation`` criterion); DropNet ranks the channels still
-kept at each step.
+Each step trains a network, then removes a fraction ``p`` of its remaining channels with the
+lowest mean post-activation over training images (``mode="min"``: one ranking across all
+groups; ``"min_layer"``: ``p`` of every group), resets the survivors to their initial weights and
+trains again. Every step's network is a candidate; the schedule starts from the largest network
+within the budget and stops when a step's accuracy falls below ``kappa`` times the first's.
+
+The proposals carry the exact channels to keep (``options["keep"]``, root-channel indices of the
+baseline per group), so step k+1 is a subset of step k's channels, not just a smaller width
+vector. With ``rescore`` (the paper) each trial reports the mean post-activation of its own kept
+channels after training (``info["channel_scores"]``, see ``trainables.candidate``) and the next
+drop ranks those; without it the baseline's scores (``scores``) rank every step. ``reinit``
+(the paper) asks the trial to start from the model's initial weights (``init: original``: the
+run seed's initialisation of the full network, cut to the kept channels); without it a step
+inherits the trained baseline's weights, which suits short candidate training better.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 
-from .core import FINISHED, SearchCore
+from .core import FINISHED, Proposal, SearchCore
 
 
 class DropNetSchedule(SearchCore):
     name = "dropnet"
 
     def __init__(self, space, *, max_macs, num_candidates, seed=0, scores: list | None = None,
-                 p: float = 0.2, kappa: float = 0.9, mode: str = "min"):
+                 p: float = 0.2, kappa: float = 0.9, mode: str = "min", reinit: bool = True,
+                 rescore: bool = True):
         super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
         if mode not in ("min", "min_layer"):
             raise ValueError("dropnet.mode must be 'min' or 'min_layer'")
         if not 0 < p < 1:
             raise ValueError("dropnet.p must be in (0, 1)")
+        if not 0 < kappa <= 1:
+            raise ValueError("dropnet.kappa must be in (0, 1]")
         if scores is None:
             # Without activations every channel ties; DropNet then drops by position.
             scores = [np.linspace(1.0, 0.0, g.width) for g in space.groups]
-        self.scores = [np.asarray(s, dtype=np.float64) / max(np.abs(s).max(), 1e-12) for s in scores]
+        if [len(s) for s in scores] != [g.width for g in space.groups]:
+            raise ValueError("dropnet.scores needs one score per channel of every group")
+        self.scores = [np.asarray(s, dtype=np.float64).copy() for s in scores]
         self.p, self.kappa, self.mode = float(p), float(kappa), mode
+        self.reinit, self.rescore = bool(reinit), bool(rescore)
+        self.kept = [np.arange(g.width) for g in space.groups]  # channels still alive
         self.current = np.asarray(space.project(space.full_widths, max_macs), dtype=np.int64)
+        self.keeps: dict[int, list[np.ndarray]] = {}
         self.first_fitness: float | None = None
         self.waiting = False
         self.stopped = False
+        self.unscored = 0  # steps whose trial reported no channel scores (rescore falls back)
 
-    def _drop(self, widths: np.ndarray) -> np.ndarray:
+    # -- channels ------------------------------------------------------------------------
+    def _top(self, g: int, channels: np.ndarray, width: int) -> np.ndarray:
+        """The ``width`` best-scored of ``channels`` in group ``g`` (ties: lower index), sorted."""
+        s = self.scores[g][channels]
+        order = np.lexsort((channels, -s))
+        return np.sort(channels[order[:width]])
+
+    def _drop(self, kept: list[np.ndarray]) -> np.ndarray:
+        """Widths after removing ``p`` of the kept channels with the lowest activation."""
+        widths = np.array([len(k) for k in kept], dtype=np.int64)
         new = widths.copy()
         lower = self.space.lower
         if self.mode == "min_layer":
             for g in range(len(new)):
                 new[g] = max(lower[g], int(np.floor(new[g] * (1 - self.p))))
         else:
-            # Rank the kept channels (the top-w of each group) globally and drop the lowest p.
-            kept = [(self.scores[g][np.argsort(-self.scores[g])[: widths[g]]], g) for g in range(len(new))]
-            pool = np.concatenate([s for s, _ in kept])
-            owner = np.concatenate([np.full(len(s), g) for s, g in kept])
-            order = np.argsort(pool, kind="stable")
+            pool = np.concatenate([self.scores[g][k] for g, k in enumerate(kept)])
+            owner = np.concatenate([np.full(len(k), g) for g, k in enumerate(kept)])
             budget = int(np.ceil(self.p * len(pool)))
-            for idx in order:
+            for idx in np.argsort(pool, kind="stable"):
                 if budget == 0:
                     break
                 g = owner[idx]
                 if new[g] > lower[g]:
                     new[g] -= 1
                     budget -= 1
-        snapped = self.space.snap(new)
         # Snapping may round up; never propose a larger network than the previous step.
-        return np.minimum(snapped, widths)
+        return np.minimum(self.space.snap(new), widths)
 
+    # -- protocol ------------------------------------------------------------------------
     def _next(self):
         if self.stopped:
             return FINISHED
@@ -67,8 +92,23 @@ class DropNetSchedule(SearchCore):
         self.waiting = True
         return tuple(int(v) for v in self.current), f"dropnet:step{self.asked}"
 
-    def _observe(self, token, widths, fitness):
+    def ask(self):
+        proposal = super().ask()
+        if not isinstance(proposal, Proposal):
+            return proposal
+        keep = [self._top(g, k, w) for g, (k, w) in enumerate(zip(self.kept, proposal.widths))]
+        self.keeps[proposal.token] = keep
+        options = {"keep": [[int(c) for c in k] for k in keep],
+                   "init": "original" if self.reinit else "inherit"}
+        if self.rescore:
+            options["channel_scores"] = True
+        return dataclasses.replace(proposal, options=options)
+
+    def _observe(self, token, widths, fitness, info):
+        keep = self.keeps.pop(token, None)
         self.waiting = False
+        if keep is None:
+            return
         if self.first_fitness is None:
             if not np.isfinite(fitness):
                 return  # a failed first step is retried: the reference accuracy needs a result
@@ -76,7 +116,18 @@ class DropNetSchedule(SearchCore):
         elif fitness < self.kappa * self.first_fitness:
             self.stopped = True
             return
-        nxt = self._drop(np.asarray(widths))
-        if np.array_equal(nxt, widths):
+        reported = info.get("channel_scores") if self.rescore else None
+        if reported is None:
+            self.unscored += int(self.rescore)  # ranks this step with the scores it already has
+        else:
+            reported = json.loads(reported) if isinstance(reported, str) else reported
+            for g, (k, values) in enumerate(zip(keep, reported)):
+                if len(values) != len(k):
+                    raise ValueError(f"dropnet: group {g} reported {len(values)} channel scores "
+                                     f"for {len(k)} kept channels")
+                self.scores[g][k] = np.asarray(values, dtype=np.float64)
+        self.kept = keep
+        nxt = self._drop(keep)
+        if np.array_equal(nxt, np.asarray(widths)):
             self.stopped = True  # every group is at its floor
         self.current = nxt

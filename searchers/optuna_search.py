@@ -89,7 +89,7 @@ class _OptunaSearch(SearchCore, ABC):
             self.trials[proposal.token] = self._current
         return proposal
 
-    def _observe(self, token, widths, fitness):
+    def _observe(self, token, widths, fitness, info):
         trial = self.trials.pop(token, None)
         if trial is None:
             return

@@ -78,12 +78,15 @@ def test_latency_budget_search_end_to_end(measured, tmp_path, ray_local):
         "search": {"searcher": "random", "candidates": 3, "epochs": 1, "concurrent": 2},
         "final": {"finetune_epochs": 0, "scratch": []},
     })
-    # The budget is relative to this machine: 70% of the baseline's measured latency on digits.
+    # The budget is relative to this machine: 90% of the baseline's latency measured here. The
+    # run measures its own table; at 8x8 inputs the smallest network predicts 0.45-0.65 of the
+    # full latency, so 90% stays feasible even when the run measures the full network ~1.4x
+    # slower than this probe (a busy machine), which 80% did not always survive.
     probe = WidthSpace.from_model(models.build("small_cnn", num_classes=10, in_channels=1), (1, 8, 8))
     full = LatencyTable.measure(models.build("small_cnn", num_classes=10, in_channels=1), probe,
                                 batch_size=8, points=3, repeats=7).full_ms
     data = cfg.to_dict()
-    data["budget"]["latency_ms"] = 0.8 * full
+    data["budget"]["latency_ms"] = 0.9 * full
     run = run_search(C.from_dict(data), out=str(tmp_path / "run"))
     summary = json.loads((run / "summary.json").read_text())
     table_run = LatencyTable.load(run / "latency.json")

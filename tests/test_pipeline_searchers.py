@@ -30,3 +30,32 @@ def test_abc_with_seeds_and_random_control(tmp_path, ray_local):
     budget = json.loads((run / "summary.json").read_text())["budget"]["max_macs"]
     assert all(r["macs"] <= budget for r in rows)
     assert (run / "pareto.png").stat().st_size > 10_000
+
+
+def test_dropnet_rescores_each_trained_step_and_keeps_subsets(tmp_path, ray_local):
+    import pickle
+
+    from structsearch.pipeline import run_search
+
+    cfg = C.from_dict({
+        "seed": 0,
+        "model": {"name": "small_cnn"},
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+        "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
+        "budget": {"macs_ratio": 0.6},
+        "search": {"searcher": "dropnet", "candidates": 4, "epochs": 1, "lr": 0.05, "concurrent": 2,
+                   "params": {"dropnet": {"p": 0.3, "kappa": 0.1}}},
+        "final": {"finetune_epochs": 0, "scratch": []},
+    })
+    run = run_search(cfg, out=str(tmp_path / "run"))
+    rows = sorted(read_candidates(run / "candidates.csv"), key=lambda r: r["origin"])
+    assert [r["origin"] for r in rows] == [f"dropnet:step{i}" for i in range(4)]
+    sizes = [sum(r["widths"]) for r in rows]
+    assert all(b < a for a, b in zip(sizes, sizes[1:])), sizes
+    assert all(b >= 0.6 * a for a, b in zip(sizes, sizes[1:])), "each step drops about p = 30%"
+    # The searcher's saved state: every step was re-scored from its own trained activations.
+    states = sorted(run.rglob("searcher-state-*.pkl"))
+    assert states, "Tune saves the searcher's state in the run directory"
+    core = pickle.loads(states[-1].read_bytes())["core"]
+    assert core["unscored"] == 0
+    assert [len(k) for k in core["kept"]] == rows[-1]["widths"], "the last step's own channels"

@@ -1,6 +1,14 @@
-"""Candidate trial: prune the baseline to the proposed widths, train ``k`` epochs, validate."""
+"""Candidate trial: prune the baseline to the proposed widths, train ``k`` epochs, validate.
+
+Besides ``widths`` the config may carry a searcher's instructions (``searchers.core.Proposal.options``):
+``keep`` (per group, the root channels to keep instead of the criterion's top ones), ``init``
+(``inherit``: the baseline's trained weights, the default; ``original``: the run seed's initial
+weights, DropNet's reset) and ``channel_scores`` (report the mean post-activation of every kept
+channel after training, as a JSON string, for DropNet's next step).
+"""
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -12,7 +20,7 @@ from ray import tune
 from structsearch.train import evaluate, recalibrate_bn, train
 
 from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial,
-                     injected_fault, load_splits, widths_seed)
+                     injected_fault, kept_channel_scores, load_splits, widths_seed)
 
 WEIGHTS = "weights.pt"
 
@@ -31,7 +39,9 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
         raise RuntimeError("injected fault (search.fault_injection)")
     device = device_for_trial()
     splits = load_splits(setup.data_spec, device)
-    model = build_pruned_model(setup, baseline_state, widths, inherit=True)
+    original = config.get("init", "inherit") == "original"
+    model = build_pruned_model(setup, baseline_state, widths, inherit=not original,
+                               keep=config.get("keep"), original_init=original)
     if fault == "nan":
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))
@@ -70,6 +80,9 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
     final = reports[-1]
     if not math.isfinite(final["val_acc"]):
         final.update(status="error", error="non-finite validation accuracy", val_acc=0.0)
+    elif config.get("channel_scores"):
+        scores = kept_channel_scores(model, setup, widths, splits.train)
+        final["channel_scores"] = json.dumps(scores)
     with tempfile.TemporaryDirectory() as tmp:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, os.path.join(tmp, WEIGHTS))

@@ -1,6 +1,8 @@
 """What every trial needs, shipped once per experiment with ``tune.with_parameters``."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -56,17 +58,56 @@ def load_splits(spec: data_mod.DataSpec, device: str):
 
 
 def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *,
-                       inherit: bool) -> torch.nn.Module:
-    """The baseline (with its trained weights when ``inherit``) cut to ``widths``, keeping the
-    channels the criterion ranks highest; without ``inherit`` the weights are re-initialised."""
-    full = models.build(setup.model_name, **setup.model_kwargs)
+                       inherit: bool, keep=None, original_init: bool = False) -> torch.nn.Module:
+    """The baseline (with its trained weights when ``inherit``) cut to ``widths``.
+
+    ``keep`` lists, per group, the root channels to keep (sorted or not); by default the top
+    channels of the run's criterion. Without ``inherit`` the weights are re-initialised: at
+    random, or with ``original_init`` to the run seed's initialisation of the full network, cut
+    to the kept channels (DropNet's reset to the initial weights: the same for every step).
+    """
+    with torch.random.fork_rng(devices=[]):
+        if original_init:
+            torch.manual_seed(setup.seed)
+        full = models.build(setup.model_name, **setup.model_kwargs)
     if inherit and baseline_state is not None:
         full.load_state_dict(baseline_state)
-    keep = criterion_keep(setup.scores, widths)
+    if keep is None:
+        keep = criterion_keep(setup.scores, widths)
+    else:
+        keep = {g: np.sort(np.asarray(k, dtype=np.int64)) for g, k in enumerate(keep)}
+        if [len(k) for k in keep.values()] != [int(w) for w in widths]:
+            raise ValueError("keep must list exactly widths[g] channels for every group")
     model = prune(full, setup.space, widths, keep=keep)
-    if not inherit:
+    if not inherit and not original_init:
         reset_parameters(model)
     return model
+
+
+def kept_channel_scores(model: torch.nn.Module, setup: TrialSetup, widths, split,
+                        num_batches: int = 20) -> list[list[float]]:
+    """Mean post-activation (DropNet's score, raw so that groups compare) of each channel of a
+    pruned model, per group of ``setup.space``, in ascending order of the kept root channels.
+
+    The pruned model is traced again to find its groups, which are matched to the baseline's by
+    their member layers (a pruned copy has the same layers, only narrower).
+    """
+    from structsearch.criteria.activation import pooled_activation
+    from structsearch.criteria.features import feature_scores
+
+    space = setup.space
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    pruned = WidthSpace.from_model(model if on_cpu else copy.deepcopy(model).cpu(), space.input_shape)
+    by_members = {frozenset((m.module, m.dim) for m in g.members): g for g in pruned.groups}
+    ordered = []
+    for g, w in zip(space.groups, widths):
+        match = by_members.get(frozenset((m.module, m.dim) for m in g.members))
+        if match is None or match.width != int(w):
+            raise RuntimeError(f"cannot match group {g.name} of the baseline in the pruned model")
+        ordered.append(match)
+    scores = feature_scores(model, dataclasses.replace(pruned, groups=ordered), split, num_batches,
+                            pooled_activation, normalize=False)
+    return [[float(v) for v in s] for s in scores]
 
 
 def reset_parameters(model: torch.nn.Module) -> None:

@@ -69,18 +69,23 @@ def channel_means(model: nn.Module, names: set[str], inputs: list[torch.Tensor],
 
 
 def feature_scores(model: nn.Module, space: WidthSpace, batches, num_batches: int,
-                   stat: Callable[[torch.Tensor], torch.Tensor]) -> list[np.ndarray]:
+                   stat: Callable[[torch.Tensor], torch.Tensor], *,
+                   normalize: bool = True) -> list[np.ndarray]:
     """Per-group root-channel scores from ``stat`` of post-activation maps, each observed member
-    normalised by its maximum and summed (as :func:`~structsearch.criteria.base.per_group`)."""
+    normalised by its maximum and summed (as :func:`~structsearch.criteria.base.per_group`).
+    ``normalize=False`` keeps the raw values (averaged over a group's observed members), which
+    compare across groups: DropNet's global ranking needs them."""
     inputs = model_inputs(batches, num_batches)
     chosen = observed_members(model, space)
     means = channel_means(model, {m.module for ms in chosen for m in ms}, inputs, stat)
     result = []
     for group, members in zip(space.groups, chosen):
         total = np.zeros(group.width)
-        for member in members:
-            if member.module in means:  # a module never called (unused branch) scores nothing
-                total += map_member(member, means[member.module], group.width)
+        used = [m for m in members if m.module in means]  # an unused branch scores nothing
+        for member in used:
+            total += map_member(member, means[member.module], group.width, normalize=normalize)
+        if not normalize and used:
+            total /= len(used)
         result.append(total)
     return result
 
