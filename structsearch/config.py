@@ -57,7 +57,7 @@ class BaselineConfig:
 class BudgetConfig:
     macs_ratio: float | None = None  # fraction of the baseline's MACs, in (0, 1]
     macs: float | None = None  # absolute MACs
-    params: float | None = None  # absolute parameter count (an extra constraint)
+    params: float | None = None  # absolute parameter count (instead of MACs)
     latency_ms: float | None = None  # predicted forward latency on the search device
     latency_batch_size: int = 1  # batch size the latency is measured at
 
@@ -223,11 +223,13 @@ def _check(cfg: Config) -> None:
     for key, sched in (("baseline.schedule", cfg.baseline.schedule), ("search.schedule", s.schedule)):
         if sched not in SCHEDULES:
             bad(key, f"unknown schedule '{sched}'; choose one of {', '.join(SCHEDULES)}")
-    given = [k for k in ("macs_ratio", "macs", "latency_ms") if getattr(b, k) is not None]
-    if not given and b.params is None:
-        bad("budget", "set one of budget.macs_ratio (e.g. 0.5), budget.macs or budget.latency_ms")
+    given = [k for k in ("macs_ratio", "macs", "params", "latency_ms") if getattr(b, k) is not None]
+    if not given:
+        bad("budget", "set one of budget.macs_ratio (e.g. 0.5), budget.macs, budget.params or "
+                      "budget.latency_ms")
     if len(given) > 1:
-        bad("budget", "set only one of budget.macs_ratio, budget.macs and budget.latency_ms")
+        bad("budget", "set only one of budget.macs_ratio, budget.macs, budget.params and "
+                      "budget.latency_ms")
     if b.latency_ms is not None and b.latency_ms <= 0:
         bad("budget.latency_ms", f"must be > 0, got {b.latency_ms}")
     if b.latency_batch_size < 1:

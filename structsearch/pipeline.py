@@ -27,7 +27,7 @@ from . import data as data_mod
 from . import models
 from . import report
 from .config import Config, ConfigError
-from .space import WidthError, WidthSpace
+from .space import ParamsSpace, WidthError, WidthSpace
 from .surgery import CheckpointError, load_state_dict_file, load_weights, prune, save_pruned
 from .train import TrainSpec, evaluate, train
 
@@ -56,13 +56,20 @@ class Prepared:
     model_kwargs: dict
     model: torch.nn.Module
     space: WidthSpace
-    max_macs: float  # the budget in the searcher's cost unit: MACs, or ms for a latency budget
+    max_macs: float  # the budget in the searcher's cost unit: MACs, parameters, or ms of latency
     device: str
-    search_space: WidthSpace | None = None  # the space searchers see (latency-costed or ``space``)
+    search_space: WidthSpace | None = None  # the space searchers see (its cost is the budget's)
+
+    @property
+    def cost_kind(self) -> str:
+        """What the budget limits: ``macs``, ``params`` or ``latency`` (predicted ms)."""
+        if self.search_space is None or self.search_space is self.space:
+            return "macs"
+        return "params" if isinstance(self.search_space, ParamsSpace) else "latency"
 
     @property
     def latency(self) -> bool:
-        return self.search_space is not None and self.search_space is not self.space
+        return self.cost_kind == "latency"
 
 
 def data_spec_of(cfg: Config) -> data_mod.DataSpec:
@@ -98,10 +105,17 @@ def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, 
 
 def budget_macs(cfg: Config, space: WidthSpace) -> float:
     b = cfg.budget
-    if b.params is not None:
-        raise ConfigError("budget.params: parameter budgets are not supported yet; "
-                          "use budget.macs_ratio or budget.macs")
     full, floor = space.full_macs, space.min_macs
+    if b.params is not None:  # ``space`` is a ParamsSpace: its "macs" are parameters
+        target = float(b.params)
+        if target >= full:
+            raise ConfigError(f"budget.params: budget {target:.4g} parameters is not below the "
+                              f"baseline's {full:.4g} parameters; nothing to prune")
+        if target < floor:
+            raise ConfigError(f"budget.params: budget {target:.4g} parameters is below the smallest "
+                              f"network in the space ({floor:.4g} parameters, {100 * floor / full:.1f}% "
+                              f"of the baseline); raise the budget or lower space.min_ratio")
+        return target
     if b.latency_ms is not None:
         target, key = float(b.latency_ms), "budget.latency_ms"
         if target >= full:
@@ -158,11 +172,14 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
         raise ConfigError(f"model.name: {cfg.model.name} has no searchable channel groups "
                           f"(space.ignore: {list(sp.ignore)})")
     search_space = space
-    if cfg.budget.latency_ms is not None:
-        if "dmcp" in cfg.search.searcher.split("+"):
-            raise ConfigError("budget.latency_ms: the dmcp searcher needs a MACs budget "
+    for key in ("latency_ms", "params"):
+        if getattr(cfg.budget, key) is not None and "dmcp" in cfg.search.searcher.split("+"):
+            raise ConfigError(f"budget.{key}: the dmcp searcher needs a MACs budget "
                               "(its expected cost is differentiable MACs); use budget.macs_ratio")
+    if cfg.budget.latency_ms is not None:
         search_space = latency_space(space, model, cfg, run_dir)
+    elif cfg.budget.params is not None:
+        search_space = ParamsSpace(space)
     max_macs = budget_macs(cfg, search_space)
     if cfg.model.checkpoint:
         try:
@@ -466,6 +483,8 @@ def _setup(p: Prepared, scores, baseline: dict):
 
 
 def budget_text(p: Prepared) -> str:
+    if p.cost_kind == "params":
+        return f"{p.max_macs / 1e6:.4f} M parameters"
     return f"{p.max_macs:.3f} ms predicted latency" if p.latency else f"{p.max_macs / 1e6:.3f} M MACs"
 
 
@@ -634,8 +653,18 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> 
     return rows
 
 
+def budget_summary(p: Prepared, baseline: dict) -> dict:
+    if p.latency:
+        return {"latency_ms": p.max_macs, "max_macs": None, "macs_ratio": None,
+                "baseline_latency_ms": p.search_space.full_macs}
+    if p.cost_kind == "params":
+        return {"params": p.max_macs, "max_macs": None, "macs_ratio": None,
+                "params_ratio": p.max_macs / baseline["params"]}
+    return {"max_macs": p.max_macs, "macs_ratio": p.max_macs / baseline["macs"]}
+
+
 def pick_winner(rows: list[dict], max_macs: float) -> dict | None:
-    # "cost" is what the budget limits: MACs, or the predicted latency under a latency budget.
+    # "cost" is what the budget limits: MACs, parameters, or the predicted latency.
     ok = [r for r in rows if r["status"] == "ok" and r["val_acc"] is not None
           and r.get("cost", r["macs"]) <= max_macs * (1 + 1e-9)]
     if not ok:
@@ -779,9 +808,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     report.write_width_histograms(rows, p.space.full_widths, Path(local) / "widths")
     summary = {
         "baseline": baseline,
-        "budget": ({"latency_ms": p.max_macs, "max_macs": None, "macs_ratio": None,
-                    "baseline_latency_ms": p.search_space.full_macs} if p.latency else
-                   {"max_macs": p.max_macs, "macs_ratio": p.max_macs / baseline["macs"]}),
+        "budget": budget_summary(p, baseline),
         "space": {"groups": p.space.names, "full_widths": p.space.full_widths,
                   "round_to": p.space.round_to, "min_ratio": p.space.min_ratio},
         "search": {"searcher": cfg.search.searcher, "criterion": cfg.search.criterion,

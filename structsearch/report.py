@@ -137,6 +137,9 @@ def render(run_dir) -> Path:
     if budget.get("latency_ms") is not None:
         budget_line = (f"budget {budget['latency_ms']:.3f} ms predicted latency (baseline "
                        f"{budget['baseline_latency_ms']:.3f} ms)")
+    elif budget.get("params") is not None:
+        budget_line = (f"budget {budget['params'] / 1e6:.4f} M parameters "
+                       f"({100 * budget['params_ratio']:.1f}% of the baseline)")
     else:
         budget_line = (f"budget {budget['max_macs'] / 1e6:.3f} M MACs "
                        f"({100 * budget['macs_ratio']:.1f}% of the baseline)")

@@ -518,3 +518,17 @@ class WidthSpace:
         for name, why in self.skipped:
             rows.append(f"not searchable: {name} ({why})")
         return "\n".join(rows)
+
+
+class ParamsSpace(WidthSpace):
+    """The same groups and grid as ``space``, with the parameter count as the cost searchers
+    budget (``macs`` here returns parameters; ``real_macs`` the true MACs): ``budget.params``."""
+
+    def __init__(self, space: WidthSpace):
+        self.__dict__.update(space.__dict__)
+
+    def macs(self, widths):
+        return WidthSpace.params(self, widths)
+
+    def real_macs(self, widths):
+        return WidthSpace.macs(self, widths)

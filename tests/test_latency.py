@@ -1,4 +1,5 @@
-"""Latency budgets: per-group tables measured once, additive prediction, searchers under it."""
+"""Budgets other than MACs: latency (per-group tables measured once, multiplicative prediction,
+searchers under it) and parameter counts."""
 import json
 
 import numpy as np
@@ -98,3 +99,36 @@ def test_latency_budget_search_end_to_end(measured, tmp_path, ray_local):
         assert r["cost"] <= budget + 1e-9
     assert summary["winner"]["latency_ms"] <= budget + 1e-9
     assert "predicted latency" in (run / "report.md").read_text()
+
+
+def test_params_budget_search_end_to_end(tmp_path, ray_local):
+    from structsearch.pipeline import run_search
+
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    space = WidthSpace.from_model(model, (1, 8, 8))
+    full_params = sum(t.numel() for t in model.parameters())
+    cfg = C.from_dict({
+        "seed": 0,
+        "model": {"name": "small_cnn"},
+        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
+        "baseline": {"epochs": 1, "lr": 0.05},
+        "budget": {"params": 0.3 * full_params},
+        "search": {"searcher": "random+uniform", "candidates": 4, "epochs": 1, "concurrent": 2},
+        "final": {"finetune_epochs": 0, "scratch": []},
+    })
+    run = run_search(cfg, out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["budget"]["params"] == pytest.approx(0.3 * full_params)
+    assert summary["budget"]["params_ratio"] == pytest.approx(0.3)
+    rows = read_candidates(run / "candidates.csv")
+    assert len(rows) == 4
+    for r in rows:
+        # cost is the exact parameter count of the pruned network (independent count below).
+        assert r["cost"] == r["params"] == space.params(r["widths"]) <= 0.3 * full_params
+    winner = summary["winner"]
+    from structsearch.surgery import load_pruned
+    pruned = load_pruned(run / "winner")
+    assert sum(t.numel() for t in pruned.parameters()) == winner["params"] <= 0.3 * full_params
+    # macs still reports the real MACs of the winner, not its parameters.
+    assert winner["macs"] == space.macs(winner["widths"])
+    assert "M parameters" in (run / "report.md").read_text()
