@@ -27,9 +27,8 @@ class TuneSearcher(Searcher):
             return None
         assert isinstance(proposal, Proposal)
         self.tokens[trial_id] = proposal.token
-        return {"widths": list(proposal.widths), "origin": proposal.origin,
-                "searcher": proposal.searcher or self.core.name, "token": proposal.token,
-                **(proposal.options or {})}
+        return {**(proposal.options or {}), "widths": list(proposal.widths), "origin": proposal.origin,
+                "searcher": proposal.searcher or self.core.name, "token": proposal.token}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         token = self.tokens.pop(trial_id, None)

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import numpy as np
 
 from .core import FINISHED, Proposal, SearchCore
+
+log = logging.getLogger("structsearch")
 
 
 class DropNetSchedule(SearchCore):
@@ -53,6 +56,7 @@ class DropNetSchedule(SearchCore):
         self.waiting = False
         self.stopped = False
         self.unscored = 0  # steps whose trial reported no channel scores (rescore falls back)
+        self.first_failures = 0
 
     # -- channels ------------------------------------------------------------------------
     def _top(self, g: int, channels: np.ndarray, width: int) -> np.ndarray:
@@ -83,6 +87,24 @@ class DropNetSchedule(SearchCore):
         # Snapping may round up; never propose a larger network than the previous step.
         return np.minimum(self.space.snap(new), widths)
 
+    def _rescore(self, keep: list[np.ndarray], info: dict) -> None:
+        """The trained step's activations replace its kept channels' scores; a step without
+        usable ones keeps the scores it had (counted in ``unscored`` and logged)."""
+        reported, problem = info.get("channel_scores"), info.get("channel_scores_error")
+        try:
+            if reported is None:
+                raise ValueError(problem or "the trial reported no channel_scores")
+            reported = json.loads(reported) if isinstance(reported, str) else reported
+            values = [np.asarray(v, dtype=np.float64) for v in reported]
+            if [len(v) for v in values] != [len(k) for k in keep]:
+                raise ValueError("channel_scores do not match the kept channels")
+        except (ValueError, TypeError) as exc:
+            self.unscored += 1
+            log.warning("dropnet: step ranked with earlier channel scores (%s)", exc)
+            return
+        for g, k in enumerate(keep):
+            self.scores[g][k] = values[g]
+
     # -- protocol ------------------------------------------------------------------------
     def _next(self):
         if self.stopped:
@@ -111,21 +133,16 @@ class DropNetSchedule(SearchCore):
             return
         if self.first_fitness is None:
             if not np.isfinite(fitness):
-                return  # a failed first step is retried: the reference accuracy needs a result
+                # A failed first step is retried (the reference accuracy needs a result), twice.
+                self.first_failures += 1
+                self.stopped = self.first_failures >= 3
+                return
             self.first_fitness = fitness
         elif fitness < self.kappa * self.first_fitness:
             self.stopped = True
             return
-        reported = info.get("channel_scores") if self.rescore else None
-        if reported is None:
-            self.unscored += int(self.rescore)  # ranks this step with the scores it already has
-        else:
-            reported = json.loads(reported) if isinstance(reported, str) else reported
-            for g, (k, values) in enumerate(zip(keep, reported)):
-                if len(values) != len(k):
-                    raise ValueError(f"dropnet: group {g} reported {len(values)} channel scores "
-                                     f"for {len(k)} kept channels")
-                self.scores[g][k] = np.asarray(values, dtype=np.float64)
+        if self.rescore:
+            self._rescore(keep, info)
         self.kept = keep
         nxt = self._drop(keep)
         if np.array_equal(nxt, np.asarray(widths)):

@@ -260,6 +260,9 @@ def _check(cfg: Config) -> None:
         bad("search.fitness", f"choose train or adaptive_bn, got '{s.fitness}'")
     if s.scheduler not in ("fifo", "asha"):
         bad("search.scheduler", f"choose fifo or asha, got '{s.scheduler}'")
+    if s.scheduler == "asha" and "dropnet" in s.searcher.split("+"):
+        bad("search.scheduler", "asha stops trials early, but each DropNet step needs its fully "
+                                "trained accuracy and activations; use fifo with dropnet")
     if s.max_failures < 0:
         bad("search.max_failures", f"must be >= 0, got {s.max_failures}")
     if s.lr <= 0:

@@ -315,10 +315,11 @@ def score_batches(p: Prepared, n_images: int = 640):
     return list(sub.batches(128, shuffle=False, augment=False))
 
 
-def criterion_scores(p: Prepared, name: str) -> list[np.ndarray]:
+def criterion_scores(p: Prepared, name: str, **params) -> list[np.ndarray]:
     """Channel scores of criterion ``name`` on the baseline, cached under RUN_DIR/scores."""
     from .criteria.cache import cached_scores
-    params = {"seed": p.cfg.seed} if name == "random" else {}
+    if name == "random":
+        params.setdefault("seed", p.cfg.seed)
     criterion = criteria_mod.get(name, **params)
     batches = score_batches(p) if getattr(criterion, "needs_data", False) else None
     return cached_scores(criterion, p.model.cpu(), p.space, batches, p.run_dir / "scores",
@@ -409,7 +410,8 @@ def searcher_params(p: Prepared, chains: dict | None = None, *, placeholders: bo
         elif name in ("abc", "tpe", "nsga2") and s.seeds and "initial" not in own:
             own["initial"] = seeded(s.seeds)
         elif name == "dropnet" and "scores" not in own and not placeholders:
-            own["scores"] = criterion_scores(p, "activation")
+            # Raw activations: DropNet's global ranking compares channels across groups.
+            own["scores"] = criterion_scores(p, "activation", normalize=False)
         elif name == "dmcp":
             for key in DMCP_SUPERNET_KEYS:
                 own.pop(key, None)
@@ -782,7 +784,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     p = prepare(cfg, run_dir)
     say(f"run directory: {run_dir}")
     extra = {"versions": versions(), "split": p.splits.summary(), "device": p.device,
-             "budget_max_macs": p.max_macs}
+             "budget": {"kind": p.cost_kind, "limit": p.max_macs}}
     saved = run_dir / "config.yaml"
     if saved.is_file():
         previous = config_mod.read_yaml(saved)

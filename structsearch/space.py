@@ -143,12 +143,14 @@ class WidthSpace:
     @classmethod
     def from_model(cls, model: nn.Module, input_shape, *, ignore=(), round_to: int = 1,
                    min_ratio: float = 0.1, model_name: str | None = None,
-                   model_kwargs: dict | None = None) -> "WidthSpace":
+                   model_kwargs: dict | None = None, min_width: int = 2) -> "WidthSpace":
         """Trace ``model`` on one input of ``input_shape`` (C, H, W) and discover its groups.
 
         ``ignore`` holds module names or glob patterns; a group whose output channels are
         produced by a matching layer is not searchable (layers that only read a group's
-        channels do not freeze it). The classifier output and the input channels are never searchable.
+        channels do not freeze it). The classifier output and the input channels are never searchable,
+        nor are groups narrower than ``min_width`` (a single channel cannot be cut; ``min_width=1``
+        keeps them, e.g. to map the groups of an already pruned copy).
         """
         import torch_pruning as tp
 
@@ -182,7 +184,7 @@ class WidthSpace:
                     if any(fnmatch.fnmatchcase(m, pattern) for m in group.producers):
                         reason = f"ignored by '{pattern}'"
                         break
-            if reason is None and group.width < 2:
+            if reason is None and group.width < min_width:
                 reason = "a single channel"
             if reason is not None:
                 skipped.append((group.name, reason))

@@ -58,6 +58,8 @@ CASES = [
     ("params-below-floor", patched(budget={"params": 100}), [], ["budget.params", "smallest"]),
     ("params-above-baseline", patched(budget={"params": 1e9}), [], ["budget.params", "nothing to prune"]),
     ("params-and-macs", patched(budget={"params": 2e4, "macs_ratio": 0.5}), [], ["budget", "only one"]),
+    ("asha-with-dropnet", patched(search__searcher="dropnet", search__scheduler="asha"), [],
+     ["search.scheduler", "dropnet"]),
     ("params-with-dmcp", patched(budget={"params": 2e4}, search__searcher="dmcp"), [], ["budget.params", "dmcp"]),
     ("unknown-model", patched(model={"name": "resnet9000"}), [], ["model.name", "resnet9000"]),
     ("bad-model-kwarg", patched(model={"name": "small_cnn", "kwargs": {"depthh": 3}}), [], ["model.kwargs"]),

@@ -145,3 +145,41 @@ def test_kept_channel_scores_on_a_resnet_with_padded_shortcuts():
     got = kept_channel_scores(pruned, setup, widths, [torch.randn(8, 3, 32, 32)], num_batches=1)
     assert [len(s) for s in got] == widths
     assert all(np.isfinite(s).all() for s in map(np.asarray, got))
+
+
+def test_kept_channel_scores_with_single_channel_groups():
+    # DropNet drives groups to their floor; a floor of one channel must still be scored.
+    model = models.build("small_cnn", **SMALL)
+    space = WidthSpace.from_model(model, (1, 8, 8), min_ratio=0.01)
+    assert min(space.lower) == 1
+    setup = TrialSetup("small_cnn", SMALL, data.DataSpec(name="digits"), space,
+                       get("l1").scores(model, space), TrainSpec(epochs=1), seed=0)
+    widths = list(space.lower)
+    pruned = build_pruned_model(setup, model.state_dict(), widths, inherit=True)
+    got = kept_channel_scores(pruned, setup, widths, [torch.randn(4, 1, 8, 8)], num_batches=1)
+    assert [len(s) for s in got] == widths == [1] * len(space)
+
+
+def test_unusable_channel_scores_fall_back_and_a_failing_first_step_is_retried_twice(small):
+    _, space = small
+    core, _ = _core(space)
+    p = core.ask()
+    core.tell(p.token, 0.9, {"channel_scores": json.dumps([[1.0]])})  # wrong shape
+    core.tell(core.ask().token, 0.85, {"channel_scores": "not json"})
+    assert core.unscored == 2
+    assert core.ask() is not None
+
+    stuck, _ = _core(space)
+    for _ in range(3):
+        stuck.tell(stuck.ask().token, None)  # the first step fails every time
+    assert stuck.ask() == FINISHED
+
+
+def test_activation_criterion_raw_scores_compare_across_groups(small):
+    model, space = small
+    splits = data.load(data.DataSpec(name="digits", val_fraction=0.2))
+    normalised = get("activation", num_batches=2).scores(model, space, splits.train)
+    raw = get("activation", num_batches=2, normalize=False).scores(model, space, splits.train)
+    for n, r in zip(normalised, raw):
+        assert n.max() == pytest.approx(1.0)
+        np.testing.assert_allclose(n, r / r.max())

@@ -81,8 +81,10 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
     if not math.isfinite(final["val_acc"]):
         final.update(status="error", error="non-finite validation accuracy", val_acc=0.0)
     elif config.get("channel_scores"):
-        scores = kept_channel_scores(model, setup, widths, splits.train)
-        final["channel_scores"] = json.dumps(scores)
+        try:
+            final["channel_scores"] = json.dumps(kept_channel_scores(model, setup, widths, splits.train))
+        except Exception as exc:  # noqa: BLE001 - the trained result stands; DropNet falls back
+            final["channel_scores_error"] = f"{type(exc).__name__}: {exc}"[:200]
     with tempfile.TemporaryDirectory() as tmp:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, os.path.join(tmp, WEIGHTS))

@@ -97,10 +97,12 @@ class FeatureCriterion(Criterion):
     needs_data = True
     statistic: Callable[[torch.Tensor], torch.Tensor]
 
-    def __init__(self, num_batches: int = 5):
+    def __init__(self, num_batches: int = 5, normalize: bool = True):
         if num_batches < 1:
             raise ValueError("num_batches must be >= 1")
         self.num_batches = num_batches
+        self.normalize = bool(normalize)  # False: raw values that compare across groups
 
     def scores(self, model, space, batches=None):
-        return feature_scores(model, space, batches, self.num_batches, type(self).statistic)
+        return feature_scores(model, space, batches, self.num_batches, type(self).statistic,
+                              normalize=self.normalize)
