@@ -92,6 +92,8 @@ class LatencySpace(WidthSpace):
     """The same groups and grid as ``space``, with predicted latency (ms) as the cost that
     searchers budget (``macs`` here returns milliseconds; ``real_macs`` the true MACs)."""
 
+    cost_unit = "ms (predicted latency)"
+
     def __init__(self, space: WidthSpace, table: LatencyTable):
         self.__dict__.update(space.__dict__)
         self.latency_table = table

@@ -46,8 +46,9 @@ def _ceil_to_grid(space: WidthSpace, widths) -> np.ndarray:
 
 def _check_budget(space: WidthSpace, macs: float) -> None:
     if space.min_macs > macs:
-        raise WidthError(f"budget {macs:.4g} MACs is below the smallest network in the space "
-                         f"({space.min_macs:.4g} MACs); raise the budget or lower space.min_ratio")
+        unit = getattr(space, "cost_unit", "MACs")
+        raise WidthError(f"budget {macs:.4g} {unit} is below the smallest network in the space "
+                         f"({space.min_macs:.4g} {unit}); raise the budget or lower space.min_ratio")
 
 
 # ------------------------------------------------------------------ uniform

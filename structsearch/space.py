@@ -127,6 +127,8 @@ def _grid(width: int, min_ratio: float, round_to: int) -> np.ndarray:
 class WidthSpace:
     """The prunable groups of a model and the exact cost of any width vector over them."""
 
+    cost_unit = "MACs"  # what ``macs`` returns; cost views (parameters, latency) say theirs
+
     groups: list[Group]
     input_shape: tuple[int, ...]
     round_to: int = 1
@@ -417,11 +419,11 @@ class WidthSpace:
         lo = 0 if lo is None else lo
         hi = self.full_macs if hi is None else hi
         if hi < self.min_macs:
-            raise WidthError(f"MACs upper bound {hi:.4g} is below the smallest network "
-                             f"({self.min_macs:.4g} MACs)")
+            raise WidthError(f"{self.cost_unit} upper bound {hi:.4g} is below the smallest network "
+                             f"({self.min_macs:.4g} {self.cost_unit})")
         if lo > min(hi, self.full_macs):
-            raise WidthError(f"MACs range [{lo:.4g}, {hi:.4g}] is empty or above the full network "
-                             f"({self.full_macs:.4g} MACs)")
+            raise WidthError(f"{self.cost_unit} range [{lo:.4g}, {hi:.4g}] is empty or above the full "
+                             f"network ({self.full_macs:.4g} {self.cost_unit})")
         for _ in range(200):
             draws = self._draw(rng, max(n, 16))
             macs = self.macs(draws)
@@ -435,7 +437,8 @@ class WidthSpace:
                     out.append(w)
                     if len(out) == n:
                         return np.stack(out)
-        raise WidthError(f"could not sample widths with MACs in [{lo:.4g}, {hi:.4g}]; widen the range")
+        raise WidthError(f"could not sample widths with {self.cost_unit} in [{lo:.4g}, {hi:.4g}]; "
+                         f"widen the range")
 
     def _grow(self, rng: np.random.Generator, widths: np.ndarray, lo: float):
         """Widen random groups by random grid steps until the MACs reach ``lo`` (a uniform draw
@@ -466,8 +469,9 @@ class WidthSpace:
         if self.macs(w) <= max_macs:
             return w
         if self.min_macs > max_macs:
-            raise WidthError(f"budget {max_macs:.4g} MACs is below the smallest network in the space "
-                             f"({self.min_macs:.4g} MACs); raise the budget or lower space.min_ratio")
+            raise WidthError(f"budget {max_macs:.4g} {self.cost_unit} is below the smallest network in "
+                             f"the space ({self.min_macs:.4g} {self.cost_unit}); raise the budget or "
+                             f"lower space.min_ratio")
         pos = np.array([np.searchsorted(grid, v) for grid, v in zip(self._grids, w)])
         while True:
             current = self.macs(w)
@@ -502,7 +506,7 @@ class WidthSpace:
     def table(self, widths=None) -> str:
         """Group, members, full width, bounds, MACs and params share at ``widths`` (default full)."""
         widths = self.full_widths if widths is None else list(widths)
-        total_macs = self.macs(widths)
+        total_macs = WidthSpace.macs(self, widths)  # true MACs, also in a cost view
         total_params = self.params(widths)
         layer_macs = self.layer_macs(widths)
         layer_params = self.layer_params(widths)
@@ -525,6 +529,8 @@ class WidthSpace:
 class ParamsSpace(WidthSpace):
     """The same groups and grid as ``space``, with the parameter count as the cost searchers
     budget (``macs`` here returns parameters; ``real_macs`` the true MACs): ``budget.params``."""
+
+    cost_unit = "parameters"
 
     def __init__(self, space: WidthSpace):
         self.__dict__.update(space.__dict__)

@@ -298,3 +298,18 @@ def test_table_lists_groups_and_totals():
     text = space.table(space.uniform(0.5))
     assert "total: 30 groups, 31.48 M MACs, 0.215 M params" in text
     assert "| 29 | layer3.8.conv1 | 3 | 32/64 | 7-64 |" in text
+
+
+def test_params_cost_view_budgets_parameters_and_keeps_true_macs_in_its_table():
+    from structsearch.space import ParamsSpace, WidthError
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    space = WidthSpace.from_model(model, (1, 28, 28))
+    view = ParamsSpace(space)
+    w = space.uniform(0.5)
+    assert view.macs(w) == space.params(w) and view.real_macs(w) == space.macs(w)
+    assert view.full_macs == sum(t.numel() for t in model.parameters())
+    projected = view.project(space.full_widths, 0.4 * view.full_macs)
+    assert space.params(projected) <= 0.4 * view.full_macs
+    assert view.table() == space.table(), "the table shows true MACs and params in any cost view"
+    with pytest.raises(WidthError, match="parameters is below the smallest network"):
+        view.project(space.full_widths, 10)
