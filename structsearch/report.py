@@ -87,19 +87,27 @@ def _plots(run_dir: Path, rows: list[dict], summary: dict) -> None:
     by_searcher: dict[str, list[dict]] = {}
     for r in ok:
         by_searcher.setdefault(r["searcher"], []).append(r)
+    # The x axis is what the budget limits: MACs, parameters or predicted latency.
+    budget = summary.get("budget", {})
+    if budget.get("latency_ms") is not None:
+        cost, limit, label = (lambda r: r["cost"]), budget["latency_ms"], "predicted latency (ms)"
+    elif budget.get("params") is not None:
+        cost, limit, label = (lambda r: r["cost"] / 1e6), budget["params"] / 1e6, "parameters (M)"
+    else:
+        cost, limit, label = (lambda r: r["macs"] / 1e6), (budget.get("max_macs") or 0) / 1e6, "MACs (M)"
     for name, rs in sorted(by_searcher.items()):
-        ax.scatter([r["macs"] / 1e6 for r in rs], [100 * r["val_acc"] for r in rs], label=name,
+        ax.scatter([cost(r) for r in rs], [100 * r["val_acc"] for r in rs], label=name,
                    alpha=0.75, s=22)
     winner = summary.get("winner")
-    if winner:
-        ax.scatter([winner["macs"] / 1e6], [100 * winner["val_acc"]], marker="*", s=220,
+    chosen = [r for r in ok if winner and str(r["trial_id"]) == str(winner["trial_id"])]
+    if chosen:
+        ax.scatter([cost(chosen[0])], [100 * winner["val_acc"]], marker="*", s=220,
                    color="black", label="winner", zorder=5)
-    budget = summary.get("budget", {}).get("max_macs")
-    if budget:
-        ax.axvline(budget / 1e6, color="red", linestyle="--", linewidth=1, label="budget")
-    ax.set_xlabel("MACs (M)")
+    if limit:
+        ax.axvline(limit, color="red", linestyle="--", linewidth=1, label="budget")
+    ax.set_xlabel(label)
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Candidates: validation accuracy vs MACs")
+    ax.set_title(f"Candidates: validation accuracy vs {label.split(' (')[0]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

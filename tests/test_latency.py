@@ -139,3 +139,4 @@ def test_params_budget_search_end_to_end(tmp_path, ray_local):
     # macs still reports the real MACs of the winner, not its parameters.
     assert winner["macs"] == space.macs(winner["widths"])
     assert "M parameters" in (run / "report.md").read_text()
+    assert (run / "pareto.png").stat().st_size > 10_000
