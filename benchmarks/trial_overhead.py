@@ -31,7 +31,7 @@ def logged_trainable(config: dict, *, log: str, setup, baseline_state) -> None:
         f.write(json.dumps({"pid": os.getpid(), "t0": t0, "t1": time.time()}) + "\n")
 
 
-def timeline(log: str, fit_start: float, fit_end: float) -> dict:
+def timeline(log: str, fit_start: float) -> dict:
     """Start-up, median gap between trials on one worker, and tail, from the trials' log."""
     events = sorted((json.loads(line) for line in open(log)), key=lambda e: e["t0"])
     workers: dict[int, list] = {}
@@ -86,7 +86,7 @@ def run(n: int, concurrent: int, epochs: int, dataset: str = "digits"):
         start = time.time()
         results = tuner.fit()
         end = time.time()
-        parts = timeline(log, start, end)
+        parts = timeline(log, start)
     inside = sum(r.metrics["seconds"] for r in results)
     return end - start, inside, len(results), parts
 

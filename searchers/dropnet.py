@@ -23,6 +23,8 @@ import logging
 
 import numpy as np
 
+from structsearch.criteria.base import criterion_keep
+
 from .core import FINISHED, Proposal, SearchCore
 
 log = logging.getLogger("structsearch")
@@ -61,9 +63,9 @@ class DropNetSchedule(SearchCore):
     # -- channels ------------------------------------------------------------------------
     def _top(self, g: int, channels: np.ndarray, width: int) -> np.ndarray:
         """The ``width`` best-scored of ``channels`` in group ``g`` (ties: lower index), sorted."""
-        s = self.scores[g][channels]
-        order = np.lexsort((channels, -s))
-        return np.sort(channels[order[:width]])
+        alive = np.full(len(self.scores[g]), -np.inf)
+        alive[channels] = self.scores[g][channels]
+        return criterion_keep([alive], [width])[0]
 
     def _drop(self, kept: list[np.ndarray]) -> np.ndarray:
         """Widths after removing ``p`` of the kept channels with the lowest activation."""

@@ -60,6 +60,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .space import WidthSpace
+from .train import plan_run
 
 __all__ = ["DMCPSupernet", "budget_loss", "build_chain", "order_from_scores", "train_supernet",
            "walk_chains", "FORMAT_VERSION"]
@@ -624,15 +625,8 @@ def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weigh
     rng = np.random.default_rng(seed)
     supernet.to(device)
     supernet.train()
-    train_split = train_split.to(device)
-    if val_split is not None:
-        val_split = val_split.to(device)
-    if augment is None:
-        augment = bool(getattr(train_split, "augment_default", False))
-    n = len(train_split)
-    drop_last = n >= batch_size
-    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-    total_steps = max(steps_per_epoch * epochs, 1)
+    train_split, val_split, augment, drop_last, total_steps = plan_run(
+        train_split, val_split, batch_size, epochs, device, augment)
     arch_start = total_steps // 2
 
     w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=lr_weights, momentum=momentum,

@@ -104,35 +104,24 @@ def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, 
 
 
 def budget_macs(cfg: Config, space: WidthSpace) -> float:
+    """The budget in ``space``'s cost unit (MACs, or parameters / predicted ms in a cost view),
+    checked against the baseline and the smallest network of the space."""
     b = cfg.budget
-    full, floor = space.full_macs, space.min_macs
-    if b.params is not None:  # ``space`` is a ParamsSpace: its "macs" are parameters
-        target = float(b.params)
-        if target >= full:
-            raise ConfigError(f"budget.params: budget {target:.4g} parameters is not below the "
-                              f"baseline's {full:.4g} parameters; nothing to prune")
-        if target < floor:
-            raise ConfigError(f"budget.params: budget {target:.4g} parameters is below the smallest "
-                              f"network in the space ({floor:.4g} parameters, {100 * floor / full:.1f}% "
-                              f"of the baseline); raise the budget or lower space.min_ratio")
-        return target
-    if b.latency_ms is not None:
+    full, floor, unit = space.full_macs, space.min_macs, space.cost_unit
+    if b.params is not None:
+        target, key = float(b.params), "budget.params"
+    elif b.latency_ms is not None:
         target, key = float(b.latency_ms), "budget.latency_ms"
-        if target >= full:
-            raise ConfigError(f"{key}: budget {target:.4g} ms is not below the baseline's predicted "
-                              f"{full:.4g} ms on this device; nothing to prune")
-        if target < floor:
-            raise ConfigError(f"{key}: budget {target:.4g} ms is below the smallest network in the "
-                              f"space ({floor:.4g} ms predicted); raise the budget or lower space.min_ratio")
-        return target
-    target = b.macs if b.macs is not None else b.macs_ratio * full
-    key = "budget.macs" if b.macs is not None else "budget.macs_ratio"
+    elif b.macs is not None:
+        target, key = float(b.macs), "budget.macs"
+    else:
+        target, key = b.macs_ratio * full, "budget.macs_ratio"
     if target > full:
-        raise ConfigError(f"{key}: budget {target:.4g} MACs is above the baseline's "
-                          f"{full:.4g} MACs; nothing to prune")
+        raise ConfigError(f"{key}: budget {target:.4g} {unit} is above the baseline's {full:.4g} "
+                          f"{unit}; nothing to prune")
     if target < floor:
-        raise ConfigError(f"{key}: budget {target:.4g} MACs is below the smallest network in the "
-                          f"space ({floor:.4g} MACs, {100 * floor / full:.1f}% of the baseline); "
+        raise ConfigError(f"{key}: budget {target:.4g} {unit} is below the smallest network in the "
+                          f"space ({floor:.4g} {unit}, {100 * floor / full:.1f}% of the baseline); "
                           f"raise the budget or lower space.min_ratio")
     return float(target)
 

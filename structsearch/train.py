@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd as _sgd_update
 
-__all__ = ["Regularizer", "SGD", "TrainSpec", "evaluate", "lr_factor", "train"]
+__all__ = ["Regularizer", "SGD", "TrainSpec", "evaluate", "lr_factor", "plan_run", "train"]
 
 
 @dataclass(frozen=True)
@@ -155,16 +155,8 @@ def train(
     device = torch.device(device)
     torch.manual_seed(seed)
     _prepare(model, device)
-    train_split = train_split.to(device)
-    if val_split is not None:
-        val_split = val_split.to(device)
-    if augment is None:
-        augment = bool(getattr(train_split, "augment_default", False))
-
-    n = len(train_split)
-    drop_last = n >= spec.batch_size
-    steps_per_epoch = n // spec.batch_size if drop_last else math.ceil(n / spec.batch_size)
-    total_steps = max(steps_per_epoch * spec.epochs, 1)
+    train_split, val_split, augment, drop_last, total_steps = plan_run(
+        train_split, val_split, spec.batch_size, spec.epochs, device, augment)
 
     optimizer = SGD(model.parameters(), momentum=spec.momentum, nesterov=spec.nesterov,
                     weight_decay=spec.weight_decay)
@@ -242,6 +234,21 @@ def train(
         result = evaluate(model, val_split, device=device)
         metrics["val_acc"], metrics["val_loss"] = result["top1"], result["loss"]
     return {**metrics, "history": history}
+
+
+def plan_run(train_split, val_split, batch_size: int, epochs: int, device, augment: bool | None):
+    """What every training loop here starts with: the splits on ``device``, the augmentation
+    (``None``: the split's default), whether to drop the last partial batch (only when one full
+    batch exists) and the total number of optimiser steps (at least 1)."""
+    train_split = train_split.to(device)
+    if val_split is not None:
+        val_split = val_split.to(device)
+    if augment is None:
+        augment = bool(getattr(train_split, "augment_default", False))
+    n = len(train_split)
+    drop_last = n >= batch_size
+    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
+    return train_split, val_split, augment, drop_last, max(steps_per_epoch * epochs, 1)
 
 
 class SGD:

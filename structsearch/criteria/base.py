@@ -93,6 +93,22 @@ def map_member(member, raw, width: int, *, normalize: bool = True) -> np.ndarray
     return mapped
 
 
+def forward_hooked(model: nn.Module, inputs: list[torch.Tensor], handles) -> None:
+    """Run ``inputs`` through ``model`` in eval mode without gradients for the hooks behind
+    ``handles`` to observe, then remove those hooks and restore the model's mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                model(x.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def criterion_keep(scores: list[np.ndarray], widths) -> dict[int, np.ndarray]:
     """Indices of the top ``widths[g]`` channels of each group (ties broken by channel index)."""
     keep = {}

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..space import WidthSpace
-from .base import Criterion, map_member, model_inputs
+from .base import Criterion, forward_hooked, map_member, model_inputs
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -54,17 +54,7 @@ def channel_means(model: nn.Module, names: set[str], inputs: list[torch.Tensor],
             counts[name] = counts.get(name, 0) + out.shape[0]
         return hook
 
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in sorted(names)]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        for x in inputs:
-            model(x.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    forward_hooked(model, inputs, [modules[n].register_forward_hook(hook_for(n)) for n in sorted(names)])
     return {n: (sums[n] / counts[n]).cpu() for n in sums}
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..space import WidthSpace
-from .base import Criterion, model_inputs
+from .base import Criterion, forward_hooked, model_inputs
 
 # Gram chunks are (samples x outputs x channels) floats; 2**24 floats = 64 MiB keeps peak
 # memory flat even for 512-channel layers at ImageNet batch sizes.
@@ -148,17 +148,7 @@ def consumer_grams(model: nn.Module, space: WidthSpace, inputs: list[torch.Tenso
                 _accumulate_gram(grams[(g, name)], patches, weight, idxs, roots)
         return hook
 
-    handles = [modules[n].register_forward_pre_hook(hook_for(n)) for n in jobs]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                model(x.to(device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    forward_hooked(model, inputs, [modules[n].register_forward_pre_hook(hook_for(n)) for n in jobs])
     result: list[torch.Tensor | None] = [None] * len(space.groups)
     for (g, _), gram in grams.items():
         energy = gram.sum()  # = ||Y_B||^2, since Y_B = Z_B @ 1
