@@ -2,22 +2,16 @@
 import json
 
 from structsearch import config as C
+from minis import digits_run
 from structsearch.report import read_candidates
 
 
 def test_dmcp_search_end_to_end(tmp_path, ray_local):
     from structsearch.pipeline import run_search
 
-    cfg = C.from_dict({
-        "seed": 0,
-        "model": {"name": "small_cnn"},
-        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-        "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-        "budget": {"macs_ratio": 0.5},
-        "search": {"searcher": "dmcp", "candidates": 4, "epochs": 1, "lr": 0.02, "concurrent": 2,
-                   "params": {"dmcp": {"epochs": 4, "lr_weights": 0.05, "lr_arch": 0.2}}},
-        "final": {"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["B"]},
-    })
+    cfg = C.from_dict(digits_run(
+        search={"searcher": "dmcp", "params": {"dmcp": {"epochs": 4, "lr_weights": 0.05, "lr_arch": 0.2}}},
+        final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["B"]}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     chains = json.loads((run / "dmcp" / "dmcp.json").read_text())
     assert len(chains["groups"]) == 4

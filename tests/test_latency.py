@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import searchers
+from minis import digits_run
 from structsearch import config as C
 from structsearch import models
 from structsearch.latency import LatencySpace, LatencyTable
@@ -66,19 +67,9 @@ def test_searchers_respect_a_latency_budget(measured):
             core.tell(p.token, 0.5)
 
 
-def test_latency_budget_search_end_to_end(measured, tmp_path, ray_local, monkeypatch):
+def test_latency_budget_search_end_to_end(tmp_path, ray_local, monkeypatch):
     from structsearch.pipeline import run_search
 
-    model, space, table = measured
-    cfg = C.from_dict({
-        "seed": 0,
-        "model": {"name": "small_cnn"},
-        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-        "baseline": {"epochs": 1, "lr": 0.05},
-        "budget": {"latency_ms": 1.0, "latency_batch_size": 8},
-        "search": {"searcher": "random", "candidates": 3, "epochs": 1, "concurrent": 2},
-        "final": {"finetune_epochs": 0, "scratch": []},
-    })
     # The run measures its table once; here it gets one measured beforehand, so the budget can
     # sit between the smallest and the full network's prediction whatever the machine's load
     # (a budget from a separate measurement was sometimes infeasible, sometimes above the full).
@@ -92,8 +83,9 @@ def test_latency_budget_search_end_to_end(measured, tmp_path, ray_local, monkeyp
         return fixed
 
     monkeypatch.setattr(LatencyTable, "measure", staticmethod(measure))
-    data = cfg.to_dict()
-    data["budget"]["latency_ms"] = 0.5 * (fixed.predict(probe.lower) + fixed.full_ms)
+    budget_ms = 0.5 * (fixed.predict(probe.lower) + fixed.full_ms)
+    data = digits_run(baseline={"epochs": 1}, budget={"latency_ms": budget_ms, "latency_batch_size": 8},
+                      search={"candidates": 3})
     run = run_search(C.from_dict(data), out=str(tmp_path / "run"))
     summary = json.loads((run / "summary.json").read_text())
     table_run = LatencyTable.load(run / "latency.json")
@@ -114,15 +106,8 @@ def test_params_budget_search_end_to_end(tmp_path, ray_local):
     model = models.build("small_cnn", num_classes=10, in_channels=1)
     space = WidthSpace.from_model(model, (1, 8, 8))
     full_params = sum(t.numel() for t in model.parameters())
-    cfg = C.from_dict({
-        "seed": 0,
-        "model": {"name": "small_cnn"},
-        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-        "baseline": {"epochs": 1, "lr": 0.05},
-        "budget": {"params": 0.3 * full_params},
-        "search": {"searcher": "random+uniform", "candidates": 4, "epochs": 1, "concurrent": 2},
-        "final": {"finetune_epochs": 0, "scratch": []},
-    })
+    cfg = C.from_dict(digits_run(baseline={"epochs": 1}, budget={"params": 0.3 * full_params},
+                                 search={"searcher": "random+uniform"}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["budget"]["params"] == pytest.approx(0.3 * full_params)

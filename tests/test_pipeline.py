@@ -7,22 +7,16 @@ import numpy as np
 import pytest
 import torch
 
+from minis import digits_run
 from structsearch import config as C
 from structsearch import data as D
 from structsearch import load_pruned
 from structsearch.report import CANDIDATE_COLUMNS, read_candidates
 from structsearch.train import evaluate
 
-MINI = {
-    "seed": 0,
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-    "baseline": {"epochs": 3, "lr": 0.05, "schedule": "cosine"},
-    "budget": {"macs_ratio": 0.5},
-    "search": {"searcher": "random+uniform", "candidates": 4, "epochs": 1, "lr": 0.02,
-               "concurrent": 2, "resources": {"cpu": 1, "gpu": 0}},
-    "final": {"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E", "B"]},
-}
+MINI = digits_run(baseline={"epochs": 3},
+                  search={"searcher": "random+uniform", "resources": {"cpu": 1, "gpu": 0}},
+                  final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E", "B"]})
 
 
 @pytest.fixture(scope="module")

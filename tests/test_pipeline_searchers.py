@@ -2,23 +2,17 @@
 import json
 
 from structsearch import config as C
+from minis import digits_run
 from structsearch.report import read_candidates
 
 
 def test_abc_with_seeds_and_random_control(tmp_path, ray_local):
     from structsearch.pipeline import run_search
 
-    cfg = C.from_dict({
-        "seed": 0,
-        "model": {"name": "small_cnn"},
-        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-        "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-        "budget": {"macs_ratio": 0.5},
-        "search": {"searcher": "abc+random", "candidates": 26, "epochs": 1, "lr": 0.02, "concurrent": 2,
-                   "seeds": ["uniform", "global:l1"],
-                   "abc": {"food_number": 3, "food_limit": 1, "max_cycle": 2}},
-        "final": {"finetune_epochs": 1, "scratch": []},
-    })
+    cfg = C.from_dict(digits_run(
+        search={"searcher": "abc+random", "candidates": 26, "seeds": ["uniform", "global:l1"],
+                "abc": {"food_number": 3, "food_limit": 1, "max_cycle": 2}},
+        final={"finetune_epochs": 1}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")
     origins = {r["origin"] for r in rows}
@@ -37,16 +31,9 @@ def test_dropnet_rescores_each_trained_step_and_keeps_subsets(tmp_path, ray_loca
 
     from structsearch.pipeline import run_search
 
-    cfg = C.from_dict({
-        "seed": 0,
-        "model": {"name": "small_cnn"},
-        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-        "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-        "budget": {"macs_ratio": 0.6},
-        "search": {"searcher": "dropnet", "candidates": 4, "epochs": 1, "lr": 0.05, "concurrent": 2,
-                   "params": {"dropnet": {"p": 0.3, "kappa": 0.1}}},
-        "final": {"finetune_epochs": 0, "scratch": []},
-    })
+    cfg = C.from_dict(digits_run(
+        budget={"macs_ratio": 0.6},
+        search={"searcher": "dropnet", "lr": 0.05, "params": {"dropnet": {"p": 0.3, "kappa": 0.1}}}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     rows = sorted(read_candidates(run / "candidates.csv"), key=lambda r: r["origin"])
     assert [r["origin"] for r in rows] == [f"dropnet:step{i}" for i in range(4)]

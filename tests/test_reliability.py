@@ -10,20 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from minis import digits_run
 from structsearch import config as C
 from structsearch.pipeline import SearchFailed
 from structsearch.report import CANDIDATE_COLUMNS, read_candidates
 from trainables.common import injected_fault
 
-BASE = {
-    "seed": 1,
-    "model": {"name": "small_cnn"},
-    "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-    "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-    "budget": {"macs_ratio": 0.5},
-    "search": {"searcher": "random", "candidates": 10, "epochs": 1, "lr": 0.02, "concurrent": 2},
-    "final": {"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E"]},
-}
+BASE = digits_run(seed=1, search={"candidates": 10},
+                  final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E"]})
 
 
 def test_faulty_candidates_are_recorded_and_skipped(tmp_path, ray_local):

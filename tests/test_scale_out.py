@@ -4,6 +4,7 @@ import json
 
 import torch
 
+from minis import digits_run
 from structsearch import config as C
 from structsearch import data as D
 from structsearch import models
@@ -41,17 +42,7 @@ def test_recalibrate_bn_resets_running_stats():
 
 
 def _mini(**search):
-    base = {
-        "seed": 0,
-        "model": {"name": "small_cnn"},
-        "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
-        "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
-        "budget": {"macs_ratio": 0.5},
-        "search": {"searcher": "random", "candidates": 6, "epochs": 1, "lr": 0.02, "concurrent": 2},
-        "final": {"finetune_epochs": 1, "scratch": []},
-    }
-    base["search"].update(search)
-    return C.from_dict(base)
+    return C.from_dict(digits_run(search={"candidates": 6, **search}, final={"finetune_epochs": 1}))
 
 
 def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
