@@ -14,26 +14,43 @@ class TuneSearcher(Searcher):
     """``suggest`` returns ``{"widths", "origin", "searcher", "token"}``, ``None`` while the core
     waits for results, or ``Searcher.FINISHED``; errored trials count as the worst fitness."""
 
-    def __init__(self, core: SearchCore, *, metric: str = "val_acc"):
+    def __init__(self, core: SearchCore, *, metric: str = "val_acc", requeue=()):
         super().__init__(metric=metric, mode="max")
         self.core = core
         self.tokens: dict[str, int] = {}
+        # Configs handed out whose results have not come back, by token.
+        self.configs: dict[int, dict] = {}
+        # An interrupted search's unfinished proposals: handed out again, first, unchanged.
+        self.requeue: list[dict] = [dict(c) for c in sorted(requeue, key=lambda c: c["token"])]
 
     def suggest(self, trial_id: str):
-        proposal = self.core.ask()
-        if proposal == FINISHED:
-            return Searcher.FINISHED
-        if proposal is None:
-            return None
-        assert isinstance(proposal, Proposal)
-        self.tokens[trial_id] = proposal.token
-        return {**(proposal.options or {}), "widths": list(proposal.widths), "origin": proposal.origin,
-                "searcher": proposal.searcher or self.core.name, "token": proposal.token}
+        if self.requeue:
+            config = self.requeue.pop(0)
+        else:
+            proposal = self.core.ask()
+            if proposal == FINISHED:
+                return Searcher.FINISHED
+            if proposal is None:
+                return None
+            assert isinstance(proposal, Proposal)
+            config = {**(proposal.options or {}), "widths": list(proposal.widths),
+                      "origin": proposal.origin, "searcher": proposal.searcher or self.core.name,
+                      "token": proposal.token}
+        self.tokens[trial_id] = config["token"]
+        self.configs[config["token"]] = config
+        return dict(config)
+
+    def unfinished(self) -> list[dict]:
+        """The configs of proposals handed out (or waiting to be handed out again) whose
+        results the core has not been told: what a resumed search must train again."""
+        return [dict(c) for c in sorted([*self.configs.values(), *self.requeue],
+                                        key=lambda c: c["token"])]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         token = self.tokens.pop(trial_id, None)
         if token is None:
             return
+        self.configs.pop(token, None)
         fitness = None
         if not error and result and self.metric in result and result.get("status", "ok") == "ok":
             fitness = float(result[self.metric])
@@ -41,7 +58,8 @@ class TuneSearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         # Write then rename: an interrupted save never leaves a half-written state.
-        data = {"core": self.core.state(), "tokens": dict(self.tokens)}
+        data = {"core": self.core.state(), "tokens": dict(self.tokens),
+                "configs": dict(self.configs), "requeue": list(self.requeue)}
         tmp = Path(str(checkpoint_path) + ".tmp")
         with open(tmp, "wb") as fh:
             pickle.dump(data, fh)
@@ -52,3 +70,5 @@ class TuneSearcher(Searcher):
             data = pickle.load(fh)  # our own file, written by save() above
         self.core.load_state(data["core"])
         self.tokens = data["tokens"]
+        self.configs = data.get("configs", {})
+        self.requeue = data.get("requeue", [])

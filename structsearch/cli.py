@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bad_input = (ConfigError, DatasetNotFound, WidthError, CheckpointError)
     try:
+        from .journal import JournalError
         from .pipeline import RunDirError
-        bad_input = bad_input + (RunDirError,)
+        bad_input = bad_input + (RunDirError, JournalError)
         if args.command == "search":
             from . import config as config_mod
             from .pipeline import run_search

@@ -27,6 +27,7 @@ from . import data as data_mod
 from . import models
 from . import report
 from .config import Config, ConfigError
+from .journal import Journal, journal_path, load_journal, save_journal
 from .space import ParamsSpace, WidthError, WidthSpace
 from .surgery import CheckpointError, load_state_dict_file, load_weights, prune, save_pruned
 from .train import TrainSpec, evaluate, train
@@ -411,12 +412,13 @@ def searcher_params(p: Prepared, chains: dict | None = None, *, placeholders: bo
 class _Progress:
     """A Tune callback printing one line per finished candidate (no table floods)."""
 
-    def __new__(cls, total: int, label: str):
+    def __new__(cls, total: int, label: str, done: int = 0, best: float | None = None):
         from ray.tune import Callback
 
         class Progress(Callback):
             def __init__(self):
-                self.done, self.best = 0, None
+                # A resumed search goes on counting from what its journal holds.
+                self.done, self.best = done, best
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self._line(trial, "ok")
@@ -578,67 +580,111 @@ def _scheduler(p: Prepared):
                          reduction_factor=2)
 
 
-def stage_search(p: Prepared, scores, baseline: dict, core, *, resume: bool) -> list[dict]:
+def _journal_callback(journal: Journal, path: Path, searcher):
+    """A Tune callback that records each finished candidate in the search journal. Tune calls it
+    right after telling the searcher the result, so the journal's trials and searcher state
+    always belong together (see structsearch.journal)."""
+    from ray.tune import Callback
+
+    class JournalCallback(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._record(trial, None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            # Tune has just written the error to the trial's local directory (storage gets it
+            # on its next sync); its last line names the exception.
+            text = ""
+            if trial.error_file and Path(trial.error_file).is_file():
+                text = Path(trial.error_file).read_text(errors="replace")
+            lines = [line for line in text.splitlines() if line.strip()]
+            self._record(trial, (lines[-1] if lines else "trial failed")[:200])
+
+        def _record(self, trial, error: str | None) -> None:
+            journal.trials.append({"trial_id": trial.trial_id, "config": dict(trial.config),
+                                   "metrics": dict(trial.last_result or {}), "error": error,
+                                   "checkpoint": trial.checkpoint if error is None else None})
+            journal.core = searcher.core.state()
+            journal.unfinished = searcher.unfinished()
+            save_journal(path, journal)
+
+    return JournalCallback()
+
+
+def candidate_row(p: Prepared, baseline: dict, trial: dict) -> dict:
+    """One candidates.csv row (plus the driver-only ``_checkpoint`` and ``_token``) from a
+    journal entry."""
+    s = p.cfg.search
+    cfg, m = trial["config"], trial["metrics"]
+    status = "error" if trial["error"] is not None or m.get("status") == "error" else "ok"
+    if status == "ok" and s.fitness == "train" and m.get("epoch", 0) < s.epochs:
+        status = "stopped"  # ended early by the scheduler; its accuracy is not comparable
+    widths = cfg.get("widths", [])
+    macs = m.get("macs", p.space.macs(widths) if widths else None)
+    return {
+        "trial_id": m.get("trial_id") or trial["trial_id"],
+        "searcher": cfg.get("searcher", s.searcher), "origin": cfg.get("origin", ""),
+        "widths": widths, "macs": macs,
+        "params": m.get("params", p.space.params(widths) if widths else None),
+        "macs_ratio": (macs / baseline["macs"]) if macs else None,
+        "val_acc": m.get("val_acc") if status != "error" else None,
+        "epochs": m.get("epoch", 0), "seconds": round(float(m.get("time_total_s", 0.0)), 2),
+        "status": status,
+        "error": trial["error"] if trial["error"] is not None else m.get("error", ""),
+        "cost": p.search_space.macs(widths) if widths else None,
+        "_checkpoint": trial["checkpoint"] if (trial["checkpoint"] and status == "ok") else None,
+        "_token": cfg.get("token", 0),
+    }
+
+
+def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal | None) -> list[dict]:
+    """Train the searcher's candidates as Tune trials; returns one row per candidate. Given an
+    interrupted run's journal (RUN_DIR/tune/search_journal.pkl) the search continues: finished
+    candidates are kept, candidates that were training when the run stopped train again."""
     from ray import tune
 
     from searchers.adapter import TuneSearcher
     from trainables.candidate import candidate_trainable
 
     s = p.cfg.search
-    setup = _setup(p, scores, baseline)
-    state = {k: v.cpu() for k, v in p.model.state_dict().items()}
-    trainable = tune.with_resources(
-        tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
-        {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
-    storage = tune_storage(p)
-    exp = _experiment(p, "search")
+    path = journal_path(p.run_dir)
     start = time.perf_counter()
-    progress = _Progress(core.num_candidates, "candidate")
-    if resume and tune.Tuner.can_restore(exp):
-        say(f"search: resuming {exp}")
-        tuner = tune.Tuner.restore(exp, trainable=trainable, resume_errored=False,
-                                   restart_errored=False, resume_unfinished=True)
-    else:
+    if journal is None:  # nothing had finished: start the search afresh
         _fresh_experiment(p, "search")
-        search_alg = TuneSearcher(core, metric="val_acc")
-        say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates x "
-            f"{s.epochs} epochs, {s.concurrent} at a time, budget {budget_text(p)}")
+        path.unlink(missing_ok=True)
+        journal = Journal()
+    else:
+        core.load_state(journal.core)
+    remaining = core.num_candidates - len(journal.trials)
+    if remaining > 0:
+        searcher = TuneSearcher(core, metric="val_acc", requeue=journal.unfinished)
+        if journal.trials:
+            say(f"search: resuming after {len(journal.trials)} of {core.num_candidates} candidates "
+                f"({len(journal.unfinished)} to train again)")
+        else:
+            say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates "
+                f"x {s.epochs} epochs, {s.concurrent} at a time, budget {budget_text(p)}")
+        kept = [candidate_row(p, baseline, t) for t in journal.trials]
+        best = max((r["val_acc"] for r in kept if r["status"] == "ok" and r["val_acc"] is not None),
+                   default=None)
+        progress = _Progress(core.num_candidates, "candidate", done=len(kept), best=best)
+        setup = _setup(p, scores, baseline)
+        state = {k: v.cpu() for k, v in p.model.state_dict().items()}
+        trainable = tune.with_resources(
+            tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
+            {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=search_alg, num_samples=core.num_candidates,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                         max_concurrent_trials=s.concurrent, reuse_actors=True,
                                         scheduler=_scheduler(p),
                                         trial_dirname_creator=_trial_dirname,
                                         trial_name_creator=_trial_dirname),
-            run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0,
-                                      callbacks=[progress],
+            run_config=tune.RunConfig(name="search", storage_path=tune_storage(p), verbose=0,
+                                      callbacks=[progress, _journal_callback(journal, path, searcher)],
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    results = tuner.fit()
-    rows = []
-    for result in results:
-        cfg = result.config or {}
-        m = result.metrics or {}
-        status = "error" if result.error is not None or m.get("status") == "error" else "ok"
-        if status == "ok" and s.fitness == "train" and m.get("epoch", 0) < s.epochs:
-            status = "stopped"  # ended early by the scheduler; its accuracy is not comparable
-        widths = cfg.get("widths", [])
-        error = str(result.error).splitlines()[-1][:200] if result.error is not None else m.get("error", "")
-        macs = m.get("macs", p.space.macs(widths) if widths else None)
-        rows.append({
-            "trial_id": m.get("trial_id") or Path(result.path).name.split("_")[-1],
-            "searcher": cfg.get("searcher", s.searcher), "origin": cfg.get("origin", ""),
-            "widths": widths, "macs": macs,
-            "params": m.get("params", p.space.params(widths) if widths else None),
-            "macs_ratio": (macs / baseline["macs"]) if macs else None,
-            "val_acc": m.get("val_acc") if status != "error" else None,
-            "epochs": m.get("epoch", 0), "seconds": round(float(m.get("time_total_s", 0.0)), 2),
-            "status": status, "error": error,
-            "cost": p.search_space.macs(widths) if widths else None,
-            "_checkpoint": result.checkpoint if (result.checkpoint and status == "ok") else None,
-            "_token": cfg.get("token", 0),
-        })
-    rows.sort(key=lambda r: r["_token"])
+        tuner.fit()
+    rows = sorted((candidate_row(p, baseline, t) for t in journal.trials), key=lambda r: r["_token"])
     say(f"search: {len(rows)} candidates in {time.perf_counter() - start:.0f} s "
         f"({sum(r['status'] != 'ok' for r in rows)} failed)")
     return rows
@@ -783,6 +829,8 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
                               f"--set values, or start a new run directory")
     else:
         config_mod.dump(cfg, saved, extra=extra)
+    # Read before any work starts: an unreadable journal is reported before Ray starts.
+    journal = load_journal(journal_path(run_dir)) if resume else None
     baseline = stage_baseline(p)
     scores = stage_scores(p)
     core = build_searcher(p)
@@ -790,7 +838,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     init_ray(address)
     if "dmcp" in cfg.search.searcher.split("+"):
         core = build_searcher(p, stage_supernet(p, scores, baseline))
-    rows = stage_search(p, scores, baseline, core, resume=resume)
+    rows = stage_search(p, scores, baseline, core, journal=journal)
     search_seconds = time.perf_counter() - started
     winner = pick_winner(rows, p.max_macs)
     report.write_candidates(rows, run_dir / "candidates.csv")

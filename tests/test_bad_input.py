@@ -188,6 +188,17 @@ def test_resume_missing_dir(tmp_path):
     assert_clean_failure(cli("search", path, "--out", tmp_path / "nothing", "--resume"), ["does not exist"])
 
 
+def test_resume_with_corrupt_journal(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    journal = tmp_path / "run" / "tune" / "search_journal.pkl"
+    journal.parent.mkdir(parents=True)
+    journal.write_bytes(b"\x80\x05 torn")
+    res = cli("search", path, "--out", tmp_path / "run", "--resume")
+    assert_clean_failure(res, ["search_journal.pkl", "unreadable", "delete it"])
+    assert journal.read_bytes() == b"\x80\x05 torn", "the file is left for the user to inspect"
+
+
 def test_report_without_summary(tmp_path):
     assert_clean_failure(cli("report", tmp_path), ["summary.json"])
 

@@ -12,6 +12,7 @@ import yaml
 
 from minis import digits_run
 from structsearch import config as C
+from structsearch.journal import journal_path, load_journal
 from structsearch.pipeline import SearchFailed
 from structsearch.report import CANDIDATE_COLUMNS, read_candidates
 from trainables.common import injected_fault
@@ -79,41 +80,51 @@ def _kill_when(proc, condition, timeout=240):
     raise AssertionError("condition never met")
 
 
-def _started_trials(out: Path) -> int:
-    search = out / "tune" / "search"
-    if not search.is_dir():
-        return 0
-    return sum(1 for d in search.iterdir() if d.is_dir())
+def _journal_trials(out: Path) -> int:
+    journal = load_journal(journal_path(out))  # always whole: written by rename
+    return len(journal.trials) if journal else 0
 
 
 @pytest.mark.slow
 def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     data = json.loads(json.dumps(BASE))
-    data["search"].update(candidates=8, concurrent=1, searcher="abc", epochs=2,
+    data["search"].update(candidates=8, concurrent=2, searcher="abc", epochs=2,
                           abc={"food_number": 3, "max_cycle": 3})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
 
-    # 1. Kill the driver once a few candidates have run (one at a time: the 4th started means
-    #    3 finished).
+    # 1. Kill the driver once a few candidates have finished, with others training (two at a
+    #    time): the journal holds the finished ones and the configs still in flight.
     proc = _start(cfg, out)
-    assert _kill_when(proc, lambda: _started_trials(out) >= 4), proc.stdout.read()
+    assert _kill_when(proc, lambda: _journal_trials(out) >= 3), proc.stdout.read()
+    logs = [proc.stdout.read()]
     assert not (out / "summary.json").exists()
+    journal = load_journal(journal_path(out))
+    kept = {t["metrics"]["trial_id"]: t["metrics"]["val_acc"] for t in journal.trials}
+    assert len(kept) >= 3
 
     # 2. Resume with a slowed writer and kill it in the middle of writing candidates.csv.
     proc = _start(cfg, out, {"STRUCTSEARCH_TEST_SLOW_WRITE": "30"}, resume=True)
     assert _kill_when(proc, lambda: (out / "candidates.csv.tmp").exists()), proc.stdout.read()
+    logs.append(proc.stdout.read())
     if (out / "candidates.csv").exists():  # never a torn file: absent or complete
         read_candidates(out / "candidates.csv")
 
     # 3. Resume again: completes with every candidate exactly once.
     proc = _start(cfg, out, resume=True)
     log, _ = proc.communicate(timeout=600)
+    logs.append(log)
     assert proc.returncode == 0, log[-3000:]
     rows = read_candidates(out / "candidates.csv")
     ids = [r["trial_id"] for r in rows]
-    assert len(ids) == len(set(ids)) == 8
+    tune_dir = sorted(str(f.relative_to(out)) for f in (out / "tune" / "search").iterdir())
+    why = "\n".join([f"step {i + 1}:\n{text[-2500:]}" for i, text in enumerate(logs)]
+                    + ["tune/search: " + " ".join(tune_dir)])
+    assert len(ids) == len(set(ids)) == 8, why
+    assert f"resuming after {len(kept)} of 8 candidates" in logs[1], why
+    assert {r["trial_id"]: r["val_acc"] for r in rows if r["trial_id"] in kept} == kept, \
+        "candidates finished before the kill are kept as they were, not trained again"
     assert len({tuple(r["widths"]) for r in rows}) == 8, "no candidate trained twice"
     assert all(r["status"] == "ok" for r in rows)
     assert {r["origin"].split(":")[0] for r in rows} == {"abc"}

@@ -150,3 +150,59 @@ def test_adapter_save_restore(tmp_path, space):
     b = TuneSearcher(searchers.build("random", space, max_macs=0.5 * space.full_macs, num_candidates=6, seed=5))
     b.restore(str(tmp_path / "s.pkl"))
     assert b.suggest("t2")["widths"] == expected["widths"]
+
+
+def _two_at_a_time(adapter, space, keys, running=None):
+    """Drive a Tune adapter as Tune does with two trials at a time: whenever two run, the older
+    one's result comes in before the next config is asked for (or when the searcher waits for
+    one). ``running`` ({key: config}) are
+    trials already training. Returns {key: config} of every config handed out."""
+    issued = dict(running or {})
+    queue = list(issued)
+
+    def finish(key):
+        adapter.on_trial_complete(f"trial-{key}", {"val_acc": objective(space, issued[key]["widths"]),
+                                                   "status": "ok"})
+
+    for key in keys:
+        config = adapter.suggest(f"trial-{key}")
+        while config is None:  # the searcher waits for a result: Tune asks again after one
+            assert queue, "None with nothing running is a stall"
+            finish(queue.pop(0))
+            config = adapter.suggest(f"trial-{key}")
+        issued[key] = config
+        queue.append(key)
+        if len(queue) == 2:
+            finish(queue.pop(0))
+    for key in queue:
+        finish(key)
+    return issued
+
+
+@pytest.mark.parametrize("name", ["random", "abc", "tpe", "nsga2"])
+def test_adapter_resumes_from_journal_state_with_trials_in_flight(space, name):
+    """What the search journal holds after a result (the core's state and the configs still
+    training) lets a fresh adapter hand out exactly what the uninterrupted one would."""
+    from searchers.adapter import TuneSearcher
+
+    def core(seed):
+        if name == "abc":
+            return searchers.build(name, space, max_macs=0.5 * space.full_macs, num_candidates=8,
+                                   seed=seed, params={"food_number": 3, "max_cycle": 3})
+        return build(name, space, max_macs=0.5 * space.full_macs, num_candidates=8, seed=seed)
+
+    ref = TuneSearcher(core(4))
+    c0, c1 = ref.suggest("trial-0"), ref.suggest("trial-1")
+    ref.on_trial_complete("trial-0", {"val_acc": objective(space, c0["widths"]), "status": "ok"})
+    core_state, unfinished = ref.core.state(), ref.unfinished()  # what the journal saves
+    assert unfinished == [c1]
+    rest_ref = _two_at_a_time(ref, space, range(2, 8), running={1: c1})
+
+    fresh = core(99)
+    fresh.load_state(core_state)
+    resumed = TuneSearcher(fresh, requeue=unfinished)
+    rest = _two_at_a_time(resumed, space, range(1, 8))
+    assert rest[1] == c1, "the unfinished config is handed out again unchanged, token included"
+    assert {k: c["widths"] for k, c in rest.items()} == {k: c["widths"] for k, c in rest_ref.items()}
+    assert resumed.unfinished() == [] and resumed.core.history == ref.core.history
+    assert len(ref.core.history) == 8

@@ -1,0 +1,66 @@
+"""The search journal: what ``--resume`` continues from.
+
+After every finished candidate the driver rewrites RUN_DIR/tune/search_journal.pkl in one atomic
+step: each finished trial's outcome (config, last metrics, error text, checkpoint) and the
+searcher's whole state, including the configs it handed out whose results had not come back.
+A resumed search loads the searcher's state, trains those unfinished configs again (first, with
+their original tokens), asks the searcher for the rest, and reports every candidate once.
+
+Ray Tune's own experiment snapshot is not used for this: it is saved on a timer and copied to
+storage file by file in a background thread, so a driver killed at the wrong moment can leave a
+trial list and a searcher state from different moments. The journal is one file, written from
+the callback that runs right after the searcher has been told a result, so the two always agree.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+JOURNAL_VERSION = 1
+
+
+class JournalError(RuntimeError):
+    """The journal exists but cannot be used; the message names the file and the fix."""
+
+
+@dataclass
+class Journal:
+    core: dict | None = None          # SearchCore.state() after the last recorded result
+    unfinished: list[dict] = field(default_factory=list)  # configs handed out, results not told
+    trials: list[dict] = field(default_factory=list)      # finished trials, in finishing order
+
+
+def journal_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "tune" / "search_journal.pkl"
+
+
+def save_journal(path: Path, journal: Journal) -> None:
+    """Write to a private file, flush it to disk, then rename over the old journal: a kill at
+    any moment leaves either the previous journal or the new one, never a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    data = {"version": JOURNAL_VERSION, "core": journal.core, "unfinished": journal.unfinished,
+            "trials": journal.trials}
+    with open(tmp, "wb") as fh:
+        pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_journal(path: Path) -> Journal | None:
+    """The journal at ``path``, or None when there is none (nothing had finished yet)."""
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = pickle.load(fh)  # our own file, written by save_journal above
+        if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
+            raise ValueError(f"not a version-{JOURNAL_VERSION} search journal")
+        return Journal(core=data["core"], unfinished=list(data["unfinished"]),
+                       trials=list(data["trials"]))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise JournalError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); delete "
+                           f"it to restart the search from its first candidate") from None
