@@ -22,6 +22,7 @@ class TuneSearcher(Searcher):
         self.configs: dict[int, dict] = {}
         # An interrupted search's unfinished proposals: handed out again, first, unchanged.
         self.requeue: list[dict] = [dict(c) for c in sorted(requeue, key=lambda c: c["token"])]
+        self.finished = False  # the core has answered FINISHED: it proposes nothing more
 
     def suggest(self, trial_id: str):
         if self.requeue:
@@ -29,6 +30,7 @@ class TuneSearcher(Searcher):
         else:
             proposal = self.core.ask()
             if proposal == FINISHED:
+                self.finished = True
                 return Searcher.FINISHED
             if proposal is None:
                 return None

@@ -107,6 +107,7 @@ class _OptunaSearch(SearchCore, ABC):
         return state
 
     def load_state(self, state: dict) -> None:
+        state = dict(state)  # the caller's state (e.g. the search journal's) stays whole
         numbers = state.pop("trials", {})
         super().load_state(state)
         from optuna.trial import Trial

@@ -30,6 +30,7 @@ class Journal:
     core: dict | None = None          # SearchCore.state() after the last recorded result
     unfinished: list[dict] = field(default_factory=list)  # configs handed out, results not told
     trials: list[dict] = field(default_factory=list)      # finished trials, in finishing order
+    finished: bool = False  # the searcher has said it proposes nothing more
 
 
 def journal_path(run_dir: Path) -> Path:
@@ -42,7 +43,7 @@ def save_journal(path: Path, journal: Journal) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     data = {"version": JOURNAL_VERSION, "core": journal.core, "unfinished": journal.unfinished,
-            "trials": journal.trials}
+            "trials": journal.trials, "finished": journal.finished}
     with open(tmp, "wb") as fh:
         pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
         fh.flush()
@@ -60,7 +61,7 @@ def load_journal(path: Path) -> Journal | None:
         if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
             raise ValueError(f"not a version-{JOURNAL_VERSION} search journal")
         return Journal(core=data["core"], unfinished=list(data["unfinished"]),
-                       trials=list(data["trials"]))
+                       trials=list(data["trials"]), finished=bool(data["finished"]))
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise JournalError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); delete "
                            f"it to restart the search from its first candidate") from None

@@ -224,6 +224,10 @@ def check_searcher(p: Prepared) -> None:
 
 def check_resources(cfg: Config, address: str | None) -> None:
     """Per-trial resources a local machine cannot give (a cluster is checked by Ray itself)."""
+    if address and address.startswith("ray://"):
+        raise ConfigError(f"--address {address}: Ray Client (ray://) is not supported, the search "
+                          f"driver must run on a cluster node; run structsearch there with "
+                          f"--address auto (or the head's host:6379)")
     if address:
         return
     r = cfg.search.resources
@@ -600,14 +604,28 @@ def _journal_callback(journal: Journal, path: Path, searcher):
             self._record(trial, (lines[-1] if lines else "trial failed")[:200])
 
         def _record(self, trial, error: str | None) -> None:
-            journal.trials.append({"trial_id": trial.trial_id, "config": dict(trial.config),
-                                   "metrics": dict(trial.last_result or {}), "error": error,
-                                   "checkpoint": trial.checkpoint if error is None else None})
-            journal.core = searcher.core.state()
-            journal.unfinished = searcher.unfinished()
-            save_journal(path, journal)
+            if self.save_error is not None or any(t["trial_id"] == trial.trial_id for t in journal.trials):
+                return
+            entry = {"trial_id": trial.trial_id, "config": dict(trial.config),
+                     "metrics": dict(trial.last_result or {}), "error": error,
+                     "checkpoint": trial.checkpoint if error is None else None}
+            self.save(Journal(core=searcher.core.state(), unfinished=searcher.unfinished(),
+                              trials=[*journal.trials, entry], finished=searcher.finished))
 
-    return JournalCallback()
+        def save(self, new: Journal) -> None:
+            """Write first, then take the new state: a failed write changes nothing in memory;
+            it is raised when the search returns (raising here would fail the trial)."""
+            try:
+                save_journal(path, new)
+            except OSError as exc:
+                self.save_error = exc
+                return
+            journal.core, journal.unfinished = new.core, new.unfinished
+            journal.trials, journal.finished = new.trials, new.finished
+
+    callback = JournalCallback()
+    callback.save_error = None
+    return callback
 
 
 def candidate_row(p: Prepared, baseline: dict, trial: dict) -> dict:
@@ -648,14 +666,14 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
     s = p.cfg.search
     path = journal_path(p.run_dir)
     start = time.perf_counter()
-    if journal is None:  # nothing had finished: start the search afresh
+    if journal is None or not journal.trials:  # nothing had finished: start afresh
         _fresh_experiment(p, "search")
-        path.unlink(missing_ok=True)
-        journal = Journal()
+        journal = Journal(core=core.state())
+        save_journal(path, journal)  # marks the experiment as this journal's
     else:
         core.load_state(journal.core)
     remaining = core.num_candidates - len(journal.trials)
-    if remaining > 0:
+    if remaining > 0 and (journal.unfinished or not journal.finished):
         searcher = TuneSearcher(core, metric="val_acc", requeue=journal.unfinished)
         if journal.trials:
             say(f"search: resuming after {len(journal.trials)} of {core.num_candidates} candidates "
@@ -672,6 +690,7 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
         trainable = tune.with_resources(
             tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
             {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+        recorder = _journal_callback(journal, path, searcher)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
@@ -680,10 +699,18 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
                                         trial_dirname_creator=_trial_dirname,
                                         trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(name="search", storage_path=tune_storage(p), verbose=0,
-                                      callbacks=[progress, _journal_callback(journal, path, searcher)],
+                                      callbacks=[progress, recorder],
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         tuner.fit()
+        recorder.save(Journal(core=core.state(), unfinished=searcher.unfinished(),
+                              trials=journal.trials, finished=searcher.finished))
+        if recorder.save_error is not None:
+            raise OSError(f"cannot write the search journal {path}: {recorder.save_error}; free "
+                          f"space or fix permissions, then run again with --resume")
+        if searcher.unfinished() or (len(journal.trials) < core.num_candidates and not searcher.finished):
+            # Tune returns normally after Ctrl-C: the search is not over, so no winner yet.
+            raise KeyboardInterrupt
     rows = sorted((candidate_row(p, baseline, t) for t in journal.trials), key=lambda r: r["_token"])
     say(f"search: {len(rows)} candidates in {time.perf_counter() - start:.0f} s "
         f"({sum(r['status'] != 'ok' for r in rows)} failed)")
@@ -831,6 +858,12 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
         config_mod.dump(cfg, saved, extra=extra)
     # Read before any work starts: an unreadable journal is reported before Ray starts.
     journal = load_journal(journal_path(run_dir)) if resume else None
+    experiment = _experiment(p, "search")
+    if resume and journal is None and "://" not in experiment and Path(experiment).is_dir() \
+            and any(d.name.startswith("candidate_") for d in Path(experiment).iterdir()):
+        raise RunDirError(f"--resume: {experiment} has trials but no search journal (a run of an "
+                          f"older structsearch); finish it with that version or start a new run "
+                          f"directory")
     baseline = stage_baseline(p)
     scores = stage_scores(p)
     core = build_searcher(p)

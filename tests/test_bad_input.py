@@ -199,6 +199,25 @@ def test_resume_with_corrupt_journal(tmp_path):
     assert journal.read_bytes() == b"\x80\x05 torn", "the file is left for the user to inspect"
 
 
+def test_resume_of_trials_without_journal_refused(tmp_path):
+    """Trials but no journal (a run of an older structsearch): refused, nothing deleted."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    trial = tmp_path / "run" / "tune" / "search" / "candidate_0a1b2c3d"
+    trial.mkdir(parents=True)
+    (trial / "result.json").write_text("{}\n")
+    res = cli("search", path, "--out", tmp_path / "run", "--resume")
+    assert_clean_failure(res, ["no search journal", "new run directory"])
+    assert (trial / "result.json").is_file()
+
+
+def test_ray_client_address_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    res = cli("search", path, "--out", tmp_path / "run", "--address", "ray://head:10001")
+    assert_clean_failure(res, ["ray://", "not supported", "--address auto"])
+
+
 def test_report_without_summary(tmp_path):
     assert_clean_failure(cli("report", tmp_path), ["summary.json"])
 

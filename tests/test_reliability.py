@@ -87,12 +87,14 @@ def _journal_trials(out: Path) -> int:
 
 @pytest.mark.slow
 def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
+    N = 12
     data = json.loads(json.dumps(BASE))
-    data["search"].update(candidates=8, concurrent=2, searcher="abc", epochs=2,
-                          abc={"food_number": 3, "max_cycle": 3})
+    data["search"].update(candidates=N, concurrent=2, searcher="abc", epochs=2,
+                          abc={"food_number": 3, "max_cycle": 4})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
+    import ray.train  # noqa: F401  (reading the journal unpickles Tune checkpoints: import it now)
 
     # 1. Kill the driver once a few candidates have finished, with others training (two at a
     #    time): the journal holds the finished ones and the configs still in flight.
@@ -104,14 +106,29 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     kept = {t["metrics"]["trial_id"]: t["metrics"]["val_acc"] for t in journal.trials}
     assert len(kept) >= 3
 
-    # 2. Resume with a slowed writer and kill it in the middle of writing candidates.csv.
+    # 2. Resume, and press Ctrl-C (SIGINT to the whole process group, as a terminal does) once
+    #    one more candidate has finished: the run stops without a winner and says how to go on.
+    proc = _start(cfg, out, resume=True)
+    start = time.time()
+    while _journal_trials(out) < len(kept) + 1 and proc.poll() is None and time.time() - start < 240:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    log, _ = proc.communicate(timeout=120)
+    logs.append(log)
+    assert proc.returncode == 130 and "continue with --resume" in log, log[-3000:]
+    assert not (out / "summary.json").exists() and not (out / "winner").exists()
+    interrupted = load_journal(journal_path(out))
+    assert all(t["error"] is None for t in interrupted.trials), "Ctrl-C fails no candidate"
+    assert len(interrupted.trials) < N
+
+    # 3. Resume with a slowed writer and kill it in the middle of writing candidates.csv.
     proc = _start(cfg, out, {"STRUCTSEARCH_TEST_SLOW_WRITE": "30"}, resume=True)
     assert _kill_when(proc, lambda: (out / "candidates.csv.tmp").exists()), proc.stdout.read()
     logs.append(proc.stdout.read())
     if (out / "candidates.csv").exists():  # never a torn file: absent or complete
         read_candidates(out / "candidates.csv")
 
-    # 3. Resume again: completes with every candidate exactly once.
+    # 4. Resume again: completes with every candidate exactly once.
     proc = _start(cfg, out, resume=True)
     log, _ = proc.communicate(timeout=600)
     logs.append(log)
@@ -121,15 +138,17 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     tune_dir = sorted(str(f.relative_to(out)) for f in (out / "tune" / "search").iterdir())
     why = "\n".join([f"step {i + 1}:\n{text[-2500:]}" for i, text in enumerate(logs)]
                     + ["tune/search: " + " ".join(tune_dir)])
-    assert len(ids) == len(set(ids)) == 8, why
-    assert f"resuming after {len(kept)} of 8 candidates" in logs[1], why
-    assert {r["trial_id"]: r["val_acc"] for r in rows if r["trial_id"] in kept} == kept, \
-        "candidates finished before the kill are kept as they were, not trained again"
-    assert len({tuple(r["widths"]) for r in rows}) == 8, "no candidate trained twice"
+    assert len(ids) == len(set(ids)) == N, why
+    assert f"resuming after {len(kept)} of {N} candidates" in logs[1], why
+    assert set(kept) <= set(ids), "candidates finished before the kill are kept"
+    # Each resume trains only what is missing: its progress lines start after what was kept.
+    new_lines = [line for line in logs[1].splitlines() if "] candidate " in line]
+    assert new_lines and new_lines[0].split("] candidate ")[1].startswith(f"{len(kept) + 1}/{N}"), why
+    assert len({tuple(r["widths"]) for r in rows}) == N, "no candidate trained twice"
     assert all(r["status"] == "ok" for r in rows)
     assert {r["origin"].split(":")[0] for r in rows} == {"abc"}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["search"]["evaluated"] == 8
+    assert summary["search"]["evaluated"] == N
     assert (out / "winner" / "scratch_e" / "weights.pt").is_file()
     assert list(CANDIDATE_COLUMNS[:3]) == ["trial_id", "searcher", "origin"]
 

@@ -1,4 +1,6 @@
 """One contract over every searcher, against a synthetic objective on a real WidthSpace (no Ray)."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -179,27 +181,35 @@ def _two_at_a_time(adapter, space, keys, running=None):
     return issued
 
 
-@pytest.mark.parametrize("name", ["random", "abc", "tpe", "nsga2"])
+# Small start-up phases so that 8 candidates reach each algorithm's model-based phase.
+_RESUME_PARAMS = {"abc": {"food_number": 3, "max_cycle": 3}, "tpe": {"n_startup_trials": 3},
+                  "nsga2": {"population_size": 4}}
+
+
+@pytest.mark.parametrize("name", ["random", "abc", "tpe", "nsga2", "random+uniform", "abc+uniform"])
 def test_adapter_resumes_from_journal_state_with_trials_in_flight(space, name):
     """What the search journal holds after a result (the core's state and the configs still
     training) lets a fresh adapter hand out exactly what the uninterrupted one would."""
     from searchers.adapter import TuneSearcher
 
     def core(seed):
-        if name == "abc":
-            return searchers.build(name, space, max_macs=0.5 * space.full_macs, num_candidates=8,
-                                   seed=seed, params={"food_number": 3, "max_cycle": 3})
-        return build(name, space, max_macs=0.5 * space.full_macs, num_candidates=8, seed=seed)
+        kw = dict(max_macs=0.5 * space.full_macs, num_candidates=8, seed=seed)
+        if name in _RESUME_PARAMS:
+            return searchers.build(name, space, params={**(params_for(name, space) or {}),
+                                                        **_RESUME_PARAMS[name]}, **kw)
+        return build(name, space, **kw)
 
     ref = TuneSearcher(core(4))
     c0, c1 = ref.suggest("trial-0"), ref.suggest("trial-1")
     ref.on_trial_complete("trial-0", {"val_acc": objective(space, c0["widths"]), "status": "ok"})
     core_state, unfinished = ref.core.state(), ref.unfinished()  # what the journal saves
+    saved = pickle.dumps(core_state)
     assert unfinished == [c1]
     rest_ref = _two_at_a_time(ref, space, range(2, 8), running={1: c1})
 
     fresh = core(99)
     fresh.load_state(core_state)
+    assert pickle.dumps(core_state) == saved, "loading leaves the journal's state as it was"
     resumed = TuneSearcher(fresh, requeue=unfinished)
     rest = _two_at_a_time(resumed, space, range(1, 8))
     assert rest[1] == c1, "the unfinished config is handed out again unchanged, token included"
