@@ -1,8 +1,9 @@
 """The search journal: what ``--resume`` continues from.
 
 After every finished candidate the driver rewrites RUN_DIR/tune/search_journal.pkl in one atomic
-step: each finished trial's outcome (config, last metrics, error text, checkpoint) and the
-searcher's whole state, including the configs it handed out whose results had not come back.
+step: each finished trial's outcome (config, last metrics, error text, checkpoint), the
+searcher's whole state, including the configs it handed out whose results had not come back,
+and the trial scheduler's state (ASHA's rungs) when there is one.
 A resumed search loads the searcher's state, trains those unfinished configs again (first, with
 their original tokens), asks the searcher for the rest, and reports every candidate once.
 
@@ -31,6 +32,7 @@ class Journal:
     unfinished: list[dict] = field(default_factory=list)  # configs handed out, results not told
     trials: list[dict] = field(default_factory=list)      # finished trials, in finishing order
     finished: bool = False  # the searcher has said it proposes nothing more
+    scheduler: object = None  # the trial scheduler (ASHA) with its rungs, when one is used
 
 
 def journal_path(run_dir: Path) -> Path:
@@ -43,7 +45,7 @@ def save_journal(path: Path, journal: Journal) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     data = {"version": JOURNAL_VERSION, "core": journal.core, "unfinished": journal.unfinished,
-            "trials": journal.trials, "finished": journal.finished}
+            "trials": journal.trials, "finished": journal.finished, "scheduler": journal.scheduler}
     with open(tmp, "wb") as fh:
         pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
         fh.flush()
@@ -61,7 +63,8 @@ def load_journal(path: Path) -> Journal | None:
         if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
             raise ValueError(f"not a version-{JOURNAL_VERSION} search journal")
         return Journal(core=data["core"], unfinished=list(data["unfinished"]),
-                       trials=list(data["trials"]), finished=bool(data["finished"]))
+                       trials=list(data["trials"]), finished=bool(data["finished"]),
+                       scheduler=data["scheduler"])
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise JournalError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:120]}); delete "
                            f"it to restart the search from its first candidate") from None

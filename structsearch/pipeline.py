@@ -584,7 +584,13 @@ def _scheduler(p: Prepared):
                          reduction_factor=2)
 
 
-def _journal_callback(journal: Journal, path: Path, searcher):
+# What a journal entry keeps of a trial's last result: the columns of candidates.csv. (The
+# searcher has already consumed the rest, e.g. DropNet's channel scores.)
+_JOURNAL_METRICS = ("trial_id", "val_acc", "macs", "params", "macs_ratio", "epoch",
+                    "time_total_s", "status", "error")
+
+
+def _journal_callback(journal: Journal, path: Path, searcher, scheduler):
     """A Tune callback that records each finished candidate in the search journal. Tune calls it
     right after telling the searcher the result, so the journal's trials and searcher state
     always belong together (see structsearch.journal)."""
@@ -606,11 +612,13 @@ def _journal_callback(journal: Journal, path: Path, searcher):
         def _record(self, trial, error: str | None) -> None:
             if self.save_error is not None or any(t["trial_id"] == trial.trial_id for t in journal.trials):
                 return
+            last = trial.last_result or {}
             entry = {"trial_id": trial.trial_id, "config": dict(trial.config),
-                     "metrics": dict(trial.last_result or {}), "error": error,
+                     "metrics": {k: last[k] for k in _JOURNAL_METRICS if k in last}, "error": error,
                      "checkpoint": trial.checkpoint if error is None else None}
             self.save(Journal(core=searcher.core.state(), unfinished=searcher.unfinished(),
-                              trials=[*journal.trials, entry], finished=searcher.finished))
+                              trials=[*journal.trials, entry], finished=searcher.finished,
+                              scheduler=scheduler))
 
         def save(self, new: Journal) -> None:
             """Write first, then take the new state: a failed write changes nothing in memory;
@@ -621,7 +629,7 @@ def _journal_callback(journal: Journal, path: Path, searcher):
                 self.save_error = exc
                 return
             journal.core, journal.unfinished = new.core, new.unfinished
-            journal.trials, journal.finished = new.trials, new.finished
+            journal.trials, journal.finished, journal.scheduler = new.trials, new.finished, new.scheduler
 
     callback = JournalCallback()
     callback.save_error = None
@@ -652,6 +660,14 @@ def candidate_row(p: Prepared, baseline: dict, trial: dict) -> dict:
         "_checkpoint": trial["checkpoint"] if (trial["checkpoint"] and status == "ok") else None,
         "_token": cfg.get("token", 0),
     }
+
+
+class _NoTunerRestoreHint(logging.Filter):
+    """Tune ends an interrupted run with "Resume experiment with: Tuner.restore(...)"; structsearch
+    resumes from its own journal and says so itself ("continue with --resume")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
 
 
 def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal | None) -> list[dict]:
@@ -690,21 +706,28 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
         trainable = tune.with_resources(
             tune.with_parameters(candidate_trainable, setup=setup, baseline_state=state),
             {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
-        recorder = _journal_callback(journal, path, searcher)
+        # A resumed ASHA goes on with its rungs (which trials reached which epoch, how well).
+        scheduler = journal.scheduler if journal.scheduler is not None else _scheduler(p)
+        recorder = _journal_callback(journal, path, searcher, scheduler)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
                                         max_concurrent_trials=s.concurrent, reuse_actors=True,
-                                        scheduler=_scheduler(p),
+                                        scheduler=scheduler,
                                         trial_dirname_creator=_trial_dirname,
                                         trial_name_creator=_trial_dirname),
             run_config=tune.RunConfig(name="search", storage_path=tune_storage(p), verbose=0,
                                       callbacks=[progress, recorder],
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-        tuner.fit()
+        hint = _NoTunerRestoreHint()
+        logging.getLogger("ray.tune.tune").addFilter(hint)
+        try:
+            tuner.fit()
+        finally:
+            logging.getLogger("ray.tune.tune").removeFilter(hint)
         recorder.save(Journal(core=core.state(), unfinished=searcher.unfinished(),
-                              trials=journal.trials, finished=searcher.finished))
+                              trials=journal.trials, finished=searcher.finished, scheduler=scheduler))
         if recorder.save_error is not None:
             raise OSError(f"cannot write the search journal {path}: {recorder.save_error}; free "
                           f"space or fix permissions, then run again with --resume")

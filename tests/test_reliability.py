@@ -116,6 +116,7 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     log, _ = proc.communicate(timeout=120)
     logs.append(log)
     assert proc.returncode == 130 and "continue with --resume" in log, log[-3000:]
+    assert "Tuner.restore" not in log, "no advice to resume with Tune's own API"
     assert not (out / "summary.json").exists() and not (out / "winner").exists()
     interrupted = load_journal(journal_path(out))
     assert all(t["error"] is None for t in interrupted.trials), "Ctrl-C fails no candidate"

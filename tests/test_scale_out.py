@@ -57,6 +57,14 @@ def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
     winner = summary["winner"]
     assert winner["epochs"] == 4
     assert winner["trial_id"] not in {r["trial_id"] for r in stopped}
+    # The journal keeps ASHA's rungs, so a resumed search compares against the same results.
+    from ray.tune.schedulers import ASHAScheduler
+    from structsearch.journal import journal_path, load_journal
+    journal = load_journal(journal_path(run))
+    assert isinstance(journal.scheduler, ASHAScheduler)
+    in_rungs = {tid for bracket in journal.scheduler._brackets
+                for _, recorded in bracket._rungs for tid in recorded}
+    assert in_rungs == {t["trial_id"] for t in journal.trials}
 
 
 def test_adaptive_bn_fitness_search(tmp_path, ray_local):
