@@ -23,7 +23,7 @@ JOURNAL_VERSION = 1
 
 
 class JournalError(RuntimeError):
-    """The journal exists but cannot be used; the message names the file and the fix."""
+    """The journal cannot be read or written; the message names the file and the fix."""
 
 
 @dataclass

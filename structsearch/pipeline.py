@@ -27,7 +27,7 @@ from . import data as data_mod
 from . import models
 from . import report
 from .config import Config, ConfigError
-from .journal import Journal, journal_path, load_journal, save_journal
+from .journal import Journal, JournalError, journal_path, load_journal, save_journal
 from .space import ParamsSpace, WidthError, WidthSpace
 from .surgery import CheckpointError, load_state_dict_file, load_weights, prune, save_pruned
 from .train import TrainSpec, evaluate, train
@@ -729,8 +729,8 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
         recorder.save(Journal(core=core.state(), unfinished=searcher.unfinished(),
                               trials=journal.trials, finished=searcher.finished, scheduler=scheduler))
         if recorder.save_error is not None:
-            raise OSError(f"cannot write the search journal {path}: {recorder.save_error}; free "
-                          f"space or fix permissions, then run again with --resume")
+            raise JournalError(f"cannot write the search journal {path} ({recorder.save_error}); "
+                               f"free space or fix permissions, then run again with --resume")
         if searcher.unfinished() or (len(journal.trials) < core.num_candidates and not searcher.finished):
             # Tune returns normally after Ctrl-C: the search is not over, so no winner yet.
             raise KeyboardInterrupt

@@ -56,6 +56,31 @@ def test_every_candidate_failing_stops_without_winner(tmp_path, ray_local):
     assert not (tmp_path / "run" / "winner").exists()
 
 
+def test_journal_write_failure_stops_cleanly(tmp_path, ray_local, monkeypatch):
+    """A journal that cannot be written (disk full) fails no candidate and ends the search with
+    one message naming the file; the results written before it are kept."""
+    import structsearch.pipeline as pipeline
+    from structsearch.journal import JournalError
+
+    data = json.loads(json.dumps(BASE))
+    data["search"].update(candidates=4, concurrent=1)
+    real, writes = pipeline.save_journal, []
+
+    def failing(path, journal):
+        writes.append(len(journal.trials))
+        if len(journal.trials) >= 3:
+            raise OSError(28, "No space left on device")
+        real(path, journal)
+
+    monkeypatch.setattr(pipeline, "save_journal", failing)
+    with pytest.raises(JournalError, match=r"search_journal\.pkl .*No space left.*--resume"):
+        pipeline.run_search(C.from_dict(data), out=str(tmp_path / "run"))
+    kept = load_journal(journal_path(tmp_path / "run"))
+    assert writes[:4] == [0, 1, 2, 3], "written at the start and after each candidate"
+    assert len(kept.trials) == 2 and all(t["error"] is None for t in kept.trials)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 def _start(cfg_path, out, env_extra=None, resume=False):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     args = [sys.executable, "-m", "structsearch.cli", "search", str(cfg_path), "--out", str(out)]
