@@ -591,12 +591,16 @@ _JOURNAL_METRICS = ("trial_id", "val_acc", "macs", "params", "macs_ratio", "epoc
 
 
 def _journal_callback(journal: Journal, path: Path, searcher, scheduler):
-    """A Tune callback that records each finished candidate in the search journal. Tune calls it
-    right after telling the searcher the result, so the journal's trials and searcher state
-    always belong together (see structsearch.journal)."""
+    """A Tune callback that records each finished candidate in the search journal (its
+    ``journal`` attribute is the latest one written). Tune calls it right after telling the
+    searcher the result, so the journal's trials and searcher state always belong together (see
+    structsearch.journal)."""
     from ray.tune import Callback
 
     class JournalCallback(Callback):
+        def __init__(self):
+            self.journal, self.save_error = journal, None
+
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._record(trial, None)
 
@@ -610,30 +614,29 @@ def _journal_callback(journal: Journal, path: Path, searcher, scheduler):
             self._record(trial, (lines[-1] if lines else "trial failed")[:200])
 
         def _record(self, trial, error: str | None) -> None:
-            if self.save_error is not None or any(t["trial_id"] == trial.trial_id for t in journal.trials):
+            if self.save_error is not None or any(t["trial_id"] == trial.trial_id
+                                                  for t in self.journal.trials):
                 return
             last = trial.last_result or {}
-            entry = {"trial_id": trial.trial_id, "config": dict(trial.config),
-                     "metrics": {k: last[k] for k in _JOURNAL_METRICS if k in last}, "error": error,
-                     "checkpoint": trial.checkpoint if error is None else None}
-            self.save(Journal(core=searcher.core.state(), unfinished=searcher.unfinished(),
-                              trials=[*journal.trials, entry], finished=searcher.finished,
-                              scheduler=scheduler))
+            self.write([*self.journal.trials, {
+                "trial_id": trial.trial_id, "config": dict(trial.config),
+                "metrics": {k: last[k] for k in _JOURNAL_METRICS if k in last}, "error": error,
+                "checkpoint": trial.checkpoint if error is None else None}])
 
-        def save(self, new: Journal) -> None:
-            """Write first, then take the new state: a failed write changes nothing in memory;
-            it is raised when the search returns (raising here would fail the trial)."""
+        def write(self, trials: list[dict]) -> None:
+            """Write the searcher's and scheduler's state with ``trials``, then take it as the
+            journal: a failed write changes nothing in memory; it is raised when the search
+            returns (raising here would fail the trial)."""
+            new = Journal(core=searcher.core.state(), unfinished=searcher.unfinished(),
+                          trials=trials, finished=searcher.finished, scheduler=scheduler)
             try:
                 save_journal(path, new)
             except OSError as exc:
                 self.save_error = exc
                 return
-            journal.core, journal.unfinished = new.core, new.unfinished
-            journal.trials, journal.finished, journal.scheduler = new.trials, new.finished, new.scheduler
+            self.journal = new
 
-    callback = JournalCallback()
-    callback.save_error = None
-    return callback
+    return JournalCallback()
 
 
 def candidate_row(p: Prepared, baseline: dict, trial: dict) -> dict:
@@ -726,8 +729,8 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
             tuner.fit()
         finally:
             logging.getLogger("ray.tune.tune").removeFilter(hint)
-        recorder.save(Journal(core=core.state(), unfinished=searcher.unfinished(),
-                              trials=journal.trials, finished=searcher.finished, scheduler=scheduler))
+        recorder.write(recorder.journal.trials)  # the searcher may have said FINISHED since
+        journal = recorder.journal
         if recorder.save_error is not None:
             raise JournalError(f"cannot write the search journal {path} ({recorder.save_error}); "
                                f"free space or fix permissions, then run again with --resume")
