@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structsearch.dmcp import walk_chains
+from structsearch.ranking import walk_chains
 
 from .core import FINISHED, SearchCore
 

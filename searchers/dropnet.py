@@ -23,7 +23,7 @@ import logging
 
 import numpy as np
 
-from structsearch.criteria.base import criterion_keep
+from structsearch.ranking import criterion_keep
 
 from .core import FINISHED, Proposal, SearchCore
 

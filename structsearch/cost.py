@@ -2,20 +2,18 @@
 
 Every conv/linear MAC count and every parameter tensor's size is a product of two factors, each
 affine in the width vector: ``count = coef * (a0 + A @ w) * (b0 + B @ w)``. The shapes (kernel
-size, output resolution, how many times a module runs) are recorded once by one forward pass, so
-evaluating thousands of width vectors is two small matrix products.
+size, output resolution, how many times a module runs) are recorded once by one forward pass
+(:func:`structsearch.tracing.record_shapes`), so evaluating thousands of width vectors is two
+small matrix products. This module is numpy only: searchers evaluate costs without torch.
 
 MACs are those of conv and linear layers, bias excluded (the convention of Li et al., HRank,
 DMCP); parameters are every trainable tensor.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
 
 @dataclass(frozen=True)
@@ -24,52 +22,6 @@ class Affine:
 
     const: float
     coef: np.ndarray  # (G,)
-
-
-@dataclass
-class LayerShape:
-    """What one forward pass tells about a conv/linear layer."""
-
-    kind: str  # "conv" | "linear"
-    kernel: int  # k_h * k_w (1 for linear)
-    positions: int  # output positions per image and call: H_out*W_out (conv) or leading dims (linear)
-    calls: int
-
-
-def record_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, LayerShape]:
-    """Run ``model`` once on ``example`` (batch of 1) and record every conv/linear layer's shape."""
-    shapes: dict[str, LayerShape] = {}
-    handles = []
-
-    def hook(name):
-        def fn(module, inputs, output):
-            n = output.shape[0]
-            if isinstance(module, nn.Conv2d):
-                positions = output.shape[2] * output.shape[3]
-                kernel = module.kernel_size[0] * module.kernel_size[1]
-                kind = "conv"
-            else:
-                positions = output.numel() // (n * module.out_features)
-                kernel, kind = 1, "linear"
-            if name in shapes:
-                shapes[name].calls += 1
-            else:
-                shapes[name] = LayerShape(kind, kernel, positions, 1)
-        return fn
-
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            handles.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return shapes
 
 
 class CostModel:
@@ -124,22 +76,3 @@ class CostModel:
         for lab, v in zip(self.labels, vals):
             out[lab] = out.get(lab, 0.0) + float(v)
         return out
-
-
-def measure_latency(model: nn.Module, input_shape, *, batch_size: int = 1, device: str = "cpu",
-                    repeats: int = 20, warmup: int = 5) -> float:
-    """Median forward latency in milliseconds of ``model`` on random input, in eval mode."""
-    model = model.to(device).eval()
-    x = torch.randn(batch_size, *input_shape, device=device)
-    times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(x)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))

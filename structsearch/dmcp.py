@@ -50,6 +50,7 @@ Choices where the paper leaves room (all recorded here so runs can be compared):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from typing import Callable, Sequence
@@ -59,6 +60,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .ranking import order_from_scores, walk_chains
 from .space import WidthSpace
 from .train import plan_run
 
@@ -92,27 +94,6 @@ def build_chain(grid: np.ndarray, width: int, *, num_blocks: int, min_ratio: flo
         if chain[-1] != width:
             chain.append(int(width))
     return np.array(chain, dtype=np.int64)
-
-
-def walk_chains(rng: np.random.Generator, probs: Sequence[np.ndarray],
-                chains: Sequence[np.ndarray], n: int) -> np.ndarray:
-    """``n`` direct samples (DS): per group, keep block ``k`` while ``U < p_k``; (n, G) ints."""
-    out = np.empty((n, len(chains)), dtype=np.int64)
-    for g, (p, chain) in enumerate(zip(probs, chains)):
-        p = np.asarray(p, dtype=np.float64)
-        if len(p) == 0:
-            out[:, g] = chain[0]
-            continue
-        kept = rng.random((n, len(p))) < p
-        count = np.cumprod(kept, axis=1).sum(axis=1)
-        out[:, g] = np.asarray(chain)[count]
-    return out
-
-
-def order_from_scores(scores: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Per-group permutation of root channels, highest score first (ties by channel index), the
-    same ranking ``criteria.criterion_keep`` uses, so a width-w prefix keeps the same channels."""
-    return [np.lexsort((np.arange(len(s)), -np.asarray(s, dtype=np.float64))) for s in scores]
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -153,6 +134,21 @@ def _out_size(module: nn.Module) -> int:
     return int(module.out_channels)
 
 
+def _check_order(order: Sequence[np.ndarray] | None, widths: list[int]) -> list[np.ndarray]:
+    """The per-group channel permutations as int arrays (identity without ``order``)."""
+    if order is None:
+        order = [np.arange(c) for c in widths]
+    if len(order) != len(widths):
+        raise ValueError(f"order has {len(order)} entries but the space has {len(widths)} groups")
+    result = []
+    for i, (perm, c) in enumerate(zip(order, widths)):
+        perm = np.asarray(perm, dtype=np.int64)
+        if perm.shape != (c,) or not np.array_equal(np.sort(perm), np.arange(c)):
+            raise ValueError(f"order[{i}] must be a permutation of range({c})")
+        result.append(perm)
+    return result
+
+
 class DMCPSupernet(nn.Module):
     """A model plus its WidthSpace as a DMCP supernet (see the module docstring).
 
@@ -175,19 +171,29 @@ class DMCPSupernet(nn.Module):
                        for i, g in enumerate(space.groups)]
         self.alpha = nn.ParameterList([nn.Parameter(torch.zeros(len(c) - 1)) for c in self.chains])
         widths = [g.width for g in space.groups]
-        if order is None:
-            order = [np.arange(c) for c in widths]
-        if len(order) != len(widths):
-            raise ValueError(f"order has {len(order)} entries but the space has {len(widths)} groups")
-        self.order = []
-        for i, (perm, c) in enumerate(zip(order, widths)):
-            perm = np.asarray(perm, dtype=np.int64)
-            if perm.shape != (c,) or not np.array_equal(np.sort(perm), np.arange(c)):
-                raise ValueError(f"order[{i}] must be a permutation of range({c})")
-            self.order.append(perm)
+        self.order = _check_order(order, widths)
+        self._register_cost_buffers()
 
-        # Cost model as float64 tensors (forcing the space to freeze its arrays first).
-        space.macs(space.full_widths)
+        # Positions: group g's position j (0 = most important) sits at offset_g + j of one flat
+        # vector, followed by a trailing "not in any group" slot that always scales by 1.
+        self._offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+        self._num_positions = int(self._offsets[-1])
+        self._targets = self._scaled_outputs()
+        self._target_names = self._register_targets(self._block_index())
+        self._mode = "full"
+        self._mask: torch.Tensor | None = None  # hard mask over positions (+ trailing 1)
+        self._soft: torch.Tensor | None = None  # [1, P...] for the current arch forward
+        self._widths: np.ndarray | None = None
+        modules = dict(model.named_modules())
+        self._handles = [
+            modules[name].register_forward_hook(self._hook(t, isinstance(modules[name], nn.Linear)))
+            for t, name in enumerate(self._target_names)]
+
+    # ------------------------------------------------------------------ construction helpers
+    def _register_cost_buffers(self) -> None:
+        """The space's cost model and the chains' minima and block sizes as float64 buffers."""
+        space = self.space
+        space.macs(space.full_widths)  # forces the space to freeze its cost arrays
         cost = space._macs
         for name in ("coef", "a0", "b0", "A", "B"):
             self.register_buffer(f"_cost_{name}", torch.tensor(getattr(cost, name), dtype=torch.float64),
@@ -198,35 +204,27 @@ class DMCPSupernet(nn.Module):
             self.register_buffer(f"_block_sizes_{g}", torch.tensor(np.diff(chain), dtype=torch.float64),
                                  persistent=False)
 
-        # Positions: group g's position j (0 = most important) sits at offset_g + j of one flat
-        # vector, followed by a trailing "not in any group" slot that always scales by 1.
-        self._offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
-        total = int(self._offsets[-1])
-        self._num_positions = total
-        # Block of each position for the soft (arch) mode: index into [1, P_0..., P_1..., ...].
-        block_index = np.zeros(total + 1, dtype=np.int64)
+    def _block_index(self) -> np.ndarray:
+        """Block of each position for the soft (arch) mode: index into [1, P_0..., P_1..., ...]
+        (0, the leading 1, for the minimum of every chain and the trailing slot)."""
+        block_index = np.zeros(self._num_positions + 1, dtype=np.int64)
         start = 1
         for g, chain in enumerate(self.chains):
             base = self._offsets[g]
             for k in range(len(chain) - 1):
                 block_index[base + chain[k]: base + chain[k + 1]] = start + k
             start += len(chain) - 1
-        self._targets = self._scaled_outputs()
-        self._target_names: list[str] = []
-        modules = dict(model.named_modules())
+        return block_index
+
+    def _register_targets(self, block_index: np.ndarray) -> list[str]:
+        """Position and block buffers of every scaled output; returns the modules' names."""
+        names = []
         for t, (name, pos) in enumerate(self._targets.items()):
             self.register_buffer(f"_pos_{t}", torch.from_numpy(pos), persistent=False)
             self.register_buffer(f"_blk_{t}", torch.from_numpy(block_index[pos]), persistent=False)
-            self._target_names.append(name)
-        self._mode = "full"
-        self._mask: torch.Tensor | None = None  # hard mask over positions (+ trailing 1)
-        self._soft: torch.Tensor | None = None  # [1, P...] for the current arch forward
-        self._widths: np.ndarray | None = None
-        self._handles = [
-            modules[name].register_forward_hook(self._hook(t, isinstance(modules[name], nn.Linear)))
-            for t, name in enumerate(self._target_names)]
+            names.append(name)
+        return names
 
-    # ------------------------------------------------------------------ construction helpers
     def _scaled_outputs(self) -> dict[str, np.ndarray]:
         """Module name -> position index of each output channel, for every module whose output
         carries a group's final activations (BN, custom leaf, or a conv/linear not feeding a BN)."""
@@ -597,6 +595,77 @@ def _evaluate_largest(supernet: DMCPSupernet, split, device, batch_size: int = 5
     return correct / n if n else float("nan")
 
 
+@dataclasses.dataclass
+class _SupernetRun:
+    """One :func:`train_supernet` run: its optimisers, learning-rate schedules and counters."""
+
+    supernet: DMCPSupernet
+    w_opt: torch.optim.Optimizer
+    a_opt: torch.optim.Optimizer
+    rng: np.random.Generator
+    device: torch.device
+    total_steps: int
+    arch_start: int
+    lr_weights: float
+    lr_arch: float
+    target_macs: float
+    budget_kind: str
+    budget_weight: float
+    num_random: int
+    step: int = 0
+    arch_steps: int = 0
+    last_budget: float = float("nan")
+
+    def epoch(self, batches, epoch: int) -> float:
+        """Train on every batch; returns the largest net's mean cross-entropy."""
+        loss_sum, seen = 0.0, 0
+        for x, y in batches:
+            ce = self.weight_step(x, y, epoch)
+            loss_sum += ce * y.shape[0]
+            seen += y.shape[0]
+            if self.step >= self.arch_start:
+                self.arch_step(x, y)
+            self.step += 1
+        return loss_sum / max(seen, 1)
+
+    def weight_step(self, x, y, epoch: int) -> float:
+        """A sandwich weight step at the cosine learning rate of the current step."""
+        lr = 0.5 * self.lr_weights * (1.0 + math.cos(math.pi * self.step / self.total_steps))
+        for group in self.w_opt.param_groups:
+            group["lr"] = lr
+        uniform_prob = 1.0 - self.step / self.total_steps
+        widths_list = [self.supernet.smallest_widths()] + \
+            [self.supernet.random_widths(self.rng, uniform_prob) for _ in range(self.num_random)]
+        ce = weight_step(self.supernet, x, y, self.w_opt, widths_list, device=self.device)
+        if not math.isfinite(ce):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {self.step}")
+        return ce
+
+    def arch_step(self, x, y) -> None:
+        """An architecture step at the cosine learning rate of the architecture phase."""
+        progress = (self.step - self.arch_start) / max(self.total_steps - self.arch_start, 1)
+        for group in self.a_opt.param_groups:
+            group["lr"] = 0.5 * self.lr_arch * (1.0 + math.cos(math.pi * progress))
+        info = arch_step(self.supernet, x, y, self.a_opt, target_macs=self.target_macs,
+                         budget_weight=self.budget_weight, budget_kind=self.budget_kind,
+                         device=self.device)
+        self.last_budget = info["budget_loss"]
+        self.arch_steps += 1
+
+    def metrics(self, epoch: int, train_loss: float) -> dict:
+        """The epoch's metrics up to ``val_acc`` and ``seconds``."""
+        expected = float(self.supernet.expected_macs().detach())
+        return {
+            "epoch": epoch,
+            "expected_macs": expected,
+            "expected_macs_ratio": expected / float(self.supernet.space.full_macs),
+            "es_macs": int(self.supernet.space.macs(self.supernet.expected_widths())),
+            "train_loss": train_loss,
+            "budget_loss": self.last_budget,
+            "arch_steps": self.arch_steps,
+        }
+
+
 def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weights: float,
                    lr_arch: float, target_macs: float, batch_size: int = 128, seed: int = 0,
                    device="cpu", on_epoch: Callable[[int, dict], bool | None] | None = None,
@@ -627,54 +696,24 @@ def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weigh
     supernet.train()
     train_split, val_split, augment, drop_last, total_steps = plan_run(
         train_split, val_split, batch_size, epochs, device, augment)
-    arch_start = total_steps // 2
-
-    w_opt = torch.optim.SGD(supernet.weight_parameters(), lr=lr_weights, momentum=momentum,
-                            weight_decay=weight_decay)
-    a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=lr_arch, weight_decay=0.0)
-    full_macs = float(space.full_macs)
+    run = _SupernetRun(
+        supernet=supernet, rng=rng, device=device, total_steps=total_steps,
+        arch_start=total_steps // 2, lr_weights=lr_weights, lr_arch=lr_arch, target_macs=target_macs,
+        budget_kind=budget_kind, budget_weight=budget_weight, num_random=num_random,
+        w_opt=torch.optim.SGD(supernet.weight_parameters(), lr=lr_weights, momentum=momentum,
+                              weight_decay=weight_decay),
+        a_opt=torch.optim.Adam(supernet.arch_parameters(), lr=lr_arch, weight_decay=0.0))
     history: list[dict] = []
     metrics: dict = {}
-    step, arch_steps, last_budget = 0, 0, float("nan")
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
         batches = train_split.batches(batch_size, shuffle=True, augment=augment,
                                       seed=int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]),
                                       drop_last=drop_last)
-        for x, y in batches:
-            lr = 0.5 * lr_weights * (1.0 + math.cos(math.pi * step / total_steps))
-            for group in w_opt.param_groups:
-                group["lr"] = lr
-            uniform_prob = 1.0 - step / total_steps
-            widths_list = [supernet.smallest_widths()] + \
-                [supernet.random_widths(rng, uniform_prob) for _ in range(num_random)]
-            ce = weight_step(supernet, x, y, w_opt, widths_list, device=device)
-            if not math.isfinite(ce):
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
-            loss_sum += ce * y.shape[0]
-            seen += y.shape[0]
-            if step >= arch_start:
-                progress = (step - arch_start) / max(total_steps - arch_start, 1)
-                for group in a_opt.param_groups:
-                    group["lr"] = 0.5 * lr_arch * (1.0 + math.cos(math.pi * progress))
-                info = arch_step(supernet, x, y, a_opt, target_macs=target_macs,
-                                 budget_weight=budget_weight, budget_kind=budget_kind, device=device)
-                last_budget = info["budget_loss"]
-                arch_steps += 1
-            step += 1
-        expected = float(supernet.expected_macs().detach())
-        metrics = {
-            "epoch": epoch,
-            "expected_macs": expected,
-            "expected_macs_ratio": expected / full_macs,
-            "es_macs": int(space.macs(supernet.expected_widths())),
-            "train_loss": loss_sum / max(seen, 1),
-            "budget_loss": last_budget,
-            "arch_steps": arch_steps,
-            "val_acc": None if val_split is None else _evaluate_largest(supernet, val_split, device),
-            "seconds": time.perf_counter() - t0,
-        }
+        train_loss = run.epoch(batches, epoch)
+        metrics = {**run.metrics(epoch, train_loss),
+                   "val_acc": None if val_split is None else _evaluate_largest(supernet, val_split, device),
+                   "seconds": time.perf_counter() - t0}
         history.append(metrics)
         if on_epoch is not None and on_epoch(epoch, dict(metrics)):
             break

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from .cost import measure_latency
+from .timing import measure_latency
 from .space import WidthSpace
 from .surgery import prune
 

@@ -847,7 +847,7 @@ def save_winner(p: Prepared, winner: dict) -> dict:
 def measure_speed(p: Prepared, winner_dir: Path, batch_size: int = 32) -> dict:
     """Measured forward latency of the baseline and the pruned winner on the driver's device:
     the pruned network is physically smaller, so it must also be faster."""
-    from .cost import measure_latency
+    from .timing import measure_latency
     from .surgery import load_pruned
     shape = p.splits.input_shape
     base_ms = measure_latency(p.model, shape, batch_size=batch_size, device=p.device)

@@ -1,25 +1,24 @@
-"""WidthSpace: the search variable of structsearch.
+"""WidthSpace: the search variable of structsearch (numpy only: searchers import it).
 
 A *prunable group* is a set of channel dimensions that must keep one width: a conv's output
 channels, its BN, the consumers' input channels; every conv feeding one residual sum; a depthwise
-conv tied to its producer; the matching slice of a concatenation. Groups are discovered by
-tracing the model with Torch-Pruning's ``DependencyGraph`` (no per-model rules), and every
-member's channel indices are recorded against the group's own channel numbering ("root"
-channels), so surgery and cost need nothing from the tracer afterwards.
+conv tied to its producer; the matching slice of a concatenation. :mod:`structsearch.tracing`
+discovers the groups of a model and builds the cost tables; every member's channel indices are
+recorded against the group's own channel numbering ("root" channels), so surgery and cost need
+nothing from the tracer afterwards.
 """
 from __future__ import annotations
 
-import copy
-import fnmatch
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from .cost import Affine, CostModel, record_shapes
-from .layers import CUSTOM_LEAVES
+from .cost import CostModel
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class WidthError(ValueError):
@@ -60,59 +59,6 @@ class Group:
         return list(seen)
 
 
-def _is_layer(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv2d, nn.Linear))
-
-
-def _is_depthwise(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Conv2d) and module.groups > 1
-            and module.groups == module.in_channels == module.out_channels)
-
-
-def _tracer_pruners():
-    import torch_pruning as tp
-
-    class _LeafPruner(tp.pruner.function.BasePruningFunc):
-        # The tracer only needs channel counts; our own surgery does the cutting.
-        def prune_out_channels(self, layer, idxs):
-            return layer
-
-        def prune_in_channels(self, layer, idxs):
-            return layer
-
-        def get_out_channels(self, layer):
-            return layer.out_channels
-
-        def get_in_channels(self, layer):
-            return layer.in_channels
-
-    return {cls: _LeafPruner() for cls in CUSTOM_LEAVES}
-
-
-def _output_layers(dg, model: nn.Module) -> list[nn.Module]:
-    """Conv/linear layers whose output channels reach the model output without passing through
-    another conv/linear layer: their widths are the model's output and never searchable."""
-    result = []
-    for module in model.modules():
-        if not _is_layer(module) or module not in dg.module2node:
-            continue
-        stack, seen, reaches_output = [dg.module2node[module]], set(), False
-        while stack:
-            node = stack.pop()
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            if not node.outputs:
-                reaches_output = True
-                break
-            for nxt in node.outputs:
-                if not _is_layer(nxt.module):
-                    stack.append(nxt)
-        if reaches_output:
-            result.append(module)
-    return result
-
-
 def _grid(width: int, min_ratio: float, round_to: int) -> np.ndarray:
     """Allowed widths of a group: multiples of ``round_to`` from the floor up, plus the full width."""
     floor = max(1, math.ceil(min_ratio * width - 1e-9))
@@ -146,166 +92,12 @@ class WidthSpace:
     def from_model(cls, model: nn.Module, input_shape, *, ignore=(), round_to: int = 1,
                    min_ratio: float = 0.1, model_name: str | None = None,
                    model_kwargs: dict | None = None, min_width: int = 2) -> "WidthSpace":
-        """Trace ``model`` on one input of ``input_shape`` (C, H, W) and discover its groups.
+        """Trace ``model`` on one input of ``input_shape`` (C, H, W): see
+        :func:`structsearch.tracing.trace` (imported here so the space itself needs no torch)."""
+        from .tracing import trace
 
-        ``ignore`` holds module names or glob patterns; a group whose output channels are
-        produced by a matching layer is not searchable (layers that only read a group's
-        channels do not freeze it). The classifier output and the input channels are never searchable,
-        nor are groups narrower than ``min_width`` (a single channel cannot be cut; ``min_width=1``
-        keeps them, e.g. to map the groups of an already pruned copy).
-        """
-        import torch_pruning as tp
-
-        if round_to < 1:
-            raise ValueError("round_to must be >= 1")
-        if not 0 < min_ratio <= 1:
-            raise ValueError("min_ratio must be in (0, 1]")
-        input_shape = tuple(int(s) for s in input_shape)
-        example = torch.randn(1, *input_shape)
-        names = {module: name for name, module in model.named_modules()}
-        order = {name: i for i, name in enumerate(names.values())}
-        was_training = model.training
-        # Trace a copy in eval mode: tracing runs a forward pass, which would otherwise update
-        # the caller's BN running statistics.
-        traced = copy.deepcopy(model).eval()
-        tnames = {module: name for name, module in traced.named_modules()}
-        with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(
-                traced, example_inputs=example, customized_pruners=_tracer_pruners())
-        model.train(was_training)
-        outputs = _output_layers(dg, traced)
-        raw_groups = dg.get_all_groups(ignored_layers=outputs,
-                                       root_module_types=[nn.Conv2d, nn.Linear])
-        groups, skipped = [], []
-        for raw in raw_groups:
-            group, reason = cls._convert(raw, tnames, traced, dg)
-            if group is None:
-                continue
-            if reason is None:
-                for pattern in ignore:
-                    if any(fnmatch.fnmatchcase(m, pattern) for m in group.producers):
-                        reason = f"ignored by '{pattern}'"
-                        break
-            if reason is None and group.width < min_width:
-                reason = "a single channel"
-            if reason is not None:
-                skipped.append((group.name, reason))
-                continue
-            groups.append(group)
-        groups.sort(key=lambda g: min(order.get(m, 0) for m in g.producers or g.modules))
-        space = cls(groups=groups, input_shape=input_shape, round_to=round_to,
-                    min_ratio=min_ratio, ignore=tuple(ignore), skipped=skipped,
-                    model_name=model_name, model_kwargs=dict(model_kwargs or {}))
-        space._build_costs(model, example)
-        return space
-
-    @staticmethod
-    def _convert(raw, names, model, dg):
-        merged: dict[tuple[str, str], tuple[list, list]] = {}
-        reason = None
-        for item in raw:
-            module = item.dep.target.module
-            if not isinstance(module, nn.Module) or module not in names:
-                continue
-            has_params = any(True for _ in module.parameters(recurse=False))
-            supported = isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)) \
-                or isinstance(module, CUSTOM_LEAVES)
-            if not supported:
-                if has_params:
-                    reason = f"unsupported layer {type(module).__name__} ({names[module]})"
-                continue
-            if isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module):
-                reason = f"grouped conv {names[module]} (groups={module.groups})"
-            dim = "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
-            key = (names[module], dim)
-            idxs, roots = merged.setdefault(key, ([], []))
-            idxs.extend(int(i) for i in item.idxs)
-            roots.extend(int(r) for r in item.root_idxs)
-        if not merged:
-            return None, None
-        members = []
-        for (name, dim), (idxs, roots) in merged.items():
-            pairs = sorted(set(zip(idxs, roots)))
-            members.append(Member(name, dim, np.array([p[0] for p in pairs], dtype=np.int64),
-                                  np.array([p[1] for p in pairs], dtype=np.int64)))
-        root_module = raw[0].dep.target.module
-        width = len(set(int(r) for r in raw[0].root_idxs))
-        for m in members:
-            counts = np.bincount(m.root_idxs, minlength=width)
-            if len(counts) != width or counts.min() != counts.max():
-                reason = reason or f"uneven channel mapping at {m.module}"
-        modules = dict(model.named_modules())
-        order = {name: i for i, name in enumerate(modules)}
-        members.sort(key=lambda m: (order[m.module], m.dim))
-        producers = [m.module for m in members if m.dim == "out" and
-                     isinstance(modules[m.module], (nn.Conv2d, nn.Linear))]
-        if not producers:
-            producers = [names[root_module]]
-        name = ",".join(producers) if len(producers) <= 2 else \
-            f"{producers[0]}..{producers[-1]} ({len(producers)} layers)"
-        return Group(name=name, width=width, members=tuple(members)), reason
-
-    def _build_costs(self, model: nn.Module, example: torch.Tensor) -> None:
-        shapes = record_shapes(model, example)
-        g = len(self.groups)
-        out_aff: dict[str, list] = {}
-        in_aff: dict[str, list] = {}
-        modules = dict(model.named_modules())
-
-        def full(module, dim):
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                return module.num_features
-            if isinstance(module, nn.Linear):
-                return module.out_features if dim == "out" else module.in_features
-            return module.out_channels if dim == "out" else module.in_channels
-
-        for gi, group in enumerate(self.groups):
-            for m in group.members:
-                table = out_aff if m.dim == "out" else in_aff
-                entry = table.setdefault(m.module, [float(full(modules[m.module], m.dim)), np.zeros(g)])
-                entry[0] -= len(m.idxs)
-                entry[1][gi] += m.multiplicity
-
-        def aff(table, name, default):
-            if name in table:
-                return Affine(table[name][0], table[name][1])
-            return Affine(float(default), np.zeros(g))
-
-        one = Affine(1.0, np.zeros(g))
-        self._macs, self._params = CostModel(g), CostModel(g)
-        for name, module in modules.items():
-            if isinstance(module, nn.Conv2d):
-                out = aff(out_aff, name, module.out_channels)
-                if _is_depthwise(module):
-                    inp = one
-                elif module.groups > 1:
-                    inp = Affine(module.in_channels / module.groups, np.zeros(g))
-                else:
-                    inp = aff(in_aff, name, module.in_channels)
-                k = module.kernel_size[0] * module.kernel_size[1]
-                if name in shapes:
-                    s = shapes[name]
-                    self._macs.add(k * s.positions * s.calls, out, inp, name)
-                self._params.add(k, out, inp, name)
-                if module.bias is not None:
-                    self._params.add(1, out, one, name)
-            elif isinstance(module, nn.Linear):
-                out = aff(out_aff, name, module.out_features)
-                inp = aff(in_aff, name, module.in_features)
-                if name in shapes:
-                    s = shapes[name]
-                    self._macs.add(s.positions * s.calls, out, inp, name)
-                self._params.add(1, out, inp, name)
-                if module.bias is not None:
-                    self._params.add(1, out, one, name)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                if module.affine:
-                    self._params.add(2, aff(out_aff, name, module.num_features), one, name)
-            else:
-                n = sum(p.numel() for p in module.parameters(recurse=False))
-                if n:
-                    self._params.add(n, one, one, name)
-        self._grids = [_grid(gr.width, self.min_ratio, self.round_to) for gr in self.groups]
+        return trace(model, input_shape, ignore=ignore, round_to=round_to, min_ratio=min_ratio,
+                     model_name=model_name, model_kwargs=model_kwargs, min_width=min_width)
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:

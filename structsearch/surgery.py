@@ -1,4 +1,5 @@
-"""Widths + kept channel indices -> a physically smaller model; portable save and load.
+"""Widths + kept channel indices -> a physically smaller model; least-squares reconstruction
+of the layers that lost input channels; portable save and load.
 
 Surgery slices parameters and buffers by the indices each :class:`~structsearch.space.Member`
 recorded, so it works for any model the space could trace. A saved model is ``arch.json`` (how to
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .space import WidthError, WidthSpace, _is_depthwise
+from .space import WidthError, WidthSpace
+from .tracing import channel_count, is_depthwise
 
 FORMAT_VERSION = 1
 ARCH_FILE = "arch.json"
@@ -28,13 +30,21 @@ class CheckpointError(ValueError):
     """A checkpoint or arch file that cannot be loaded safely (one line: what and the fix)."""
 
 
-def _keep_sets(space: WidthSpace, widths, keep) -> list[np.ndarray]:
+def _chosen(keep, index: int, group):
+    """The channels ``keep`` names for group ``index`` (by index or name), or None."""
+    if keep is None:
+        return None
+    return keep.get(index, keep.get(group.name)) if isinstance(keep, dict) else keep[index]
+
+
+def keep_sets(space: WidthSpace, widths, keep) -> list[np.ndarray]:
+    """Per group, the sorted root channels it keeps at ``widths``: those ``keep`` names (a
+    list, or a dict by group index or name), else the first ``w``. Raises ``ValueError`` when a
+    group's kept set does not hold exactly ``w`` distinct channels of the group."""
     widths = space.validate(widths)
     result = []
     for i, (group, w) in enumerate(zip(space.groups, widths)):
-        chosen = None
-        if keep is not None:
-            chosen = keep.get(i, keep.get(group.name)) if isinstance(keep, dict) else keep[i]
+        chosen = _chosen(keep, i, group)
         if chosen is None:
             chosen = np.arange(w)
         chosen = np.unique(np.asarray(chosen, dtype=np.int64))
@@ -45,9 +55,11 @@ def _keep_sets(space: WidthSpace, widths, keep) -> list[np.ndarray]:
     return result
 
 
-def _removed(space: WidthSpace, keep_sets) -> dict[tuple[str, str], np.ndarray]:
+def removed_channels(space: WidthSpace, kept_sets) -> dict[tuple[str, str], np.ndarray]:
+    """``(module, "out" | "in")`` -> that module dimension's channel indices that the kept root
+    channels ``kept_sets`` (one array per group, see :func:`keep_sets`) drop."""
     removed: dict[tuple[str, str], list[np.ndarray]] = {}
-    for group, kept in zip(space.groups, keep_sets):
+    for group, kept in zip(space.groups, kept_sets):
         if len(kept) == group.width:
             continue
         for m in group.members:
@@ -56,7 +68,8 @@ def _removed(space: WidthSpace, keep_sets) -> dict[tuple[str, str], np.ndarray]:
     return {k: np.concatenate(v) for k, v in removed.items()}
 
 
-def _keep_index(n: int, gone: np.ndarray | None) -> torch.Tensor | None:
+def keep_index(n: int, gone: np.ndarray | None) -> torch.Tensor | None:
+    """The indices of ``range(n)`` not in ``gone`` as a tensor, or None when nothing is gone."""
     if gone is None or len(gone) == 0:
         return None
     mask = np.ones(n, dtype=bool)
@@ -73,7 +86,7 @@ def _slice_param(param: nn.Parameter, dim: int, idx: torch.Tensor) -> nn.Paramet
 @torch.no_grad()
 def _cut(module: nn.Module, out_keep, in_keep) -> None:
     if isinstance(module, nn.Conv2d):
-        if _is_depthwise(module):
+        if is_depthwise(module):
             keep = out_keep if out_keep is not None else in_keep
             module.weight = _slice_param(module.weight, 0, keep)
             if module.bias is not None:
@@ -113,14 +126,6 @@ def _cut(module: nn.Module, out_keep, in_keep) -> None:
         raise TypeError(f"cannot cut {type(module).__name__}")
 
 
-def _full_size(module: nn.Module, dim: str) -> int:
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features
-    if isinstance(module, nn.Linear):
-        return module.out_features if dim == "out" else module.in_features
-    return module.out_channels if dim == "out" else module.in_channels
-
-
 @contextlib.contextmanager
 def _one_intra_op_thread():
     # Slicing weights is a memory-bound copy. On CPU, index_select splits even small copies over
@@ -143,8 +148,7 @@ def prune(model: nn.Module, space: WidthSpace, widths, keep=None) -> nn.Module:
     channels of a criterion); by default a group keeps its first ``w`` channels. The input model
     is not modified.
     """
-    keep_sets = _keep_sets(space, widths, keep)
-    removed = _removed(space, keep_sets)
+    removed = removed_channels(space, keep_sets(space, widths, keep))
     # Copy the module tree but not its tensors: cut tensors are sliced into new storage and
     # only the untouched ones are cloned afterwards, so every weight is copied once.
     originals = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
@@ -153,8 +157,8 @@ def prune(model: nn.Module, space: WidthSpace, widths, keep=None) -> nn.Module:
     with _one_intra_op_thread(), torch.no_grad():
         for name in sorted({name for name, _ in removed}):
             module = modules[name]
-            out_keep = _keep_index(_full_size(module, "out"), removed.get((name, "out")))
-            in_keep = _keep_index(_full_size(module, "in"), removed.get((name, "in")))
+            out_keep = keep_index(channel_count(module, "out"), removed.get((name, "out")))
+            in_keep = keep_index(channel_count(module, "in"), removed.get((name, "in")))
             _cut(module, out_keep, in_keep)
         for module in new.modules():
             for key, p in module._parameters.items():
@@ -164,6 +168,144 @@ def prune(model: nn.Module, space: WidthSpace, widths, keep=None) -> nn.Module:
                 if b is not None and id(b) in originals and originals[id(b)] is b:
                     module._buffers[key] = b.clone()
     return new
+
+
+# ---------------------------------------------------------------------------------- LS reconstruction
+class _Stop(Exception):
+    """Raised by a hook once it has what it needs, so the rest of the forward pass is skipped."""
+
+
+@torch.no_grad()
+def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor, *, inputs: bool) -> torch.Tensor:
+    """``module``'s input (``inputs=True``) or output for model input ``x``; the forward pass
+    stops at ``module``."""
+    seen = []
+
+    def pre(mod, args):
+        seen.append(args[0].detach().float())
+        raise _Stop
+
+    def post(mod, args, output):
+        seen.append(output.detach().float())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(pre) if inputs else module.register_forward_hook(post)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _ls_statistics(original_model: nn.Module, pruned_model: nn.Module, old: nn.Module,
+                   new: nn.Module, out_keep: torch.Tensor, inputs, points_per_image, rng):
+    """Normal-equation statistics of refitting consumer ``new`` (the pruned copy of ``old``):
+    ``(P^T P, P^T T, ||T||^2)`` with regressors P the pruned model's input patches and targets T
+    the original's output (bias excluded, pruned output channels dropped) at sampled positions."""
+    from .criteria.lasso import input_patches, sample_positions
+
+    device = next(pruned_model.parameters()).device
+    dim = new.weight[0].numel()
+    gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    cross = torch.zeros(dim, new.weight.shape[0], dtype=torch.float64, device=device)
+    energy = 0.0
+    for x in inputs:
+        x = x.to(device)
+        y = _capture(original_model, old, x, inputs=False)
+        xin = _capture(pruned_model, new, x, inputs=True)
+        where = sample_positions(new, xin, points_per_image, rng)
+        p = input_patches(new, xin, where).reshape(len(where[0]), -1).double()
+        if isinstance(old, nn.Linear):
+            t = y.reshape(-1, y.shape[-1])[where[0]]
+        else:
+            t = y[where[0], :, where[1], where[2]]
+        t = t[:, out_keep.to(t.device)].double()
+        if old.bias is not None:
+            t = t - old.bias.detach().double()[out_keep.to(t.device)]
+        gram += p.T @ p
+        cross += p.T @ t
+        energy += float((t * t).sum())
+    return gram, cross, energy
+
+
+@torch.no_grad()
+def _refit(new: nn.Module, gram: torch.Tensor, cross: torch.Tensor, energy: float,
+           ridge: float) -> tuple[float, float]:
+    """Replace ``new``'s weight by the ridge least-squares fit when that lowers the error;
+    returns the relative error before and after."""
+    weight = new.weight.detach().double().reshape(new.weight.shape[0], -1)
+
+    def error(w):  # ||T - P W^T||^2 from the accumulated statistics
+        return energy - 2 * float((w.T * cross).sum()) + float(((gram @ w.T) * w.T).sum())
+
+    before = error(weight)
+    lam = ridge * float(gram.diagonal().mean()) + 1e-12
+    eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    fitted = torch.linalg.solve(gram + lam * eye, cross).T
+    after = error(fitted)
+    if after < before:
+        new.weight.data.copy_(fitted.reshape(new.weight.shape).to(new.weight.dtype))
+    else:
+        after = before
+    scale = max(energy, 1e-30)
+    return before / scale, after / scale
+
+
+def _refit_targets(space: WidthSpace, keep, originals: dict[str, nn.Module]):
+    """The consumers whose input channels ``keep`` prunes, in model order, and the removed
+    channels of every module dimension."""
+    from .criteria.lasso import is_consumer
+
+    widths = []
+    for i, group in enumerate(space.groups):
+        chosen = _chosen(keep, i, group)
+        widths.append(group.width if chosen is None else len(np.unique(chosen)))
+    removed = removed_channels(space, keep_sets(space, widths, keep))
+    order = list(originals)
+    targets = sorted({name for name, dim in removed
+                      if dim == "in" and is_consumer(originals[name])}, key=order.index)
+    return targets, removed
+
+
+def reconstruct(pruned_model: nn.Module, original_model: nn.Module, space: WidthSpace, keep,
+                batches, *, num_batches: int = 5, points_per_image: int | None = 10,
+                ridge: float = 1e-6, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Refit, by least squares, every consumer whose input channels were pruned, in model order.
+
+    For consumer B the target is the original model's B output (bias excluded, pruned output
+    channels dropped) and the regressors are the *pruned* model's B inputs, so each refit also
+    absorbs the error of the layers before it (He et al.'s sequential reconstruction). The
+    normal equations get a ridge of ``ridge * mean diagonal`` for stability; a refit that would
+    not lower the error is skipped. ``pruned_model`` is changed in place; returns
+    ``{module: (relative error before, after)}`` with error ``||Y - Y_hat||^2 / ||Y||^2`` on the
+    sampled positions.
+    """
+    from .criteria.base import model_inputs
+
+    originals = dict(original_model.named_modules())
+    pruned = dict(pruned_model.named_modules())
+    targets, removed = _refit_targets(space, keep, originals)
+    inputs = model_inputs(batches, num_batches)
+    rng = np.random.default_rng(seed)
+    modes = original_model.training, pruned_model.training
+    original_model.eval()
+    pruned_model.eval()
+    errors = {}
+    try:
+        for name in targets:
+            old, new = originals[name], pruned[name]
+            full_out = old.weight.shape[0]
+            out_keep = keep_index(full_out, removed.get((name, "out")))
+            out_keep = torch.arange(full_out) if out_keep is None else out_keep
+            stats = _ls_statistics(original_model, pruned_model, old, new, out_keep, inputs,
+                                   points_per_image, rng)
+            errors[name] = _refit(new, *stats, ridge)
+    finally:
+        original_model.train(modes[0])
+        pruned_model.train(modes[1])
+    return errors
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..ranking import criterion_keep
 from .activation import MeanActivation
-from .base import Criterion, criterion_keep, model_inputs, per_group
+from .base import Criterion, model_inputs, per_group
 from .bn_scale import BNScale
 from .cache import cached_scores
 from .group_lasso import GroupLassoNorm

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..ranking import criterion_keep  # noqa: F401  (its old home)
 from ..space import WidthSpace
 
 
@@ -107,12 +108,3 @@ def forward_hooked(model: nn.Module, inputs: list[torch.Tensor], handles) -> Non
         for h in handles:
             h.remove()
         model.train(was_training)
-
-
-def criterion_keep(scores: list[np.ndarray], widths) -> dict[int, np.ndarray]:
-    """Indices of the top ``widths[g]`` channels of each group (ties broken by channel index)."""
-    keep = {}
-    for g, (s, w) in enumerate(zip(scores, widths)):
-        order = np.lexsort((np.arange(len(s)), -np.asarray(s)))
-        keep[g] = np.sort(order[: int(w)])
-    return keep

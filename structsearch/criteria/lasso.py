@@ -13,8 +13,9 @@ never built. Consumers are weighed equally (each one's ``||Y||^2`` is scaled to 
 
 ``scores`` ranks channels by when they enter the LASSO path (largest alpha first), so the top
 ``w`` channels are the first ``w`` to become non-zero whatever the width; :func:`lasso_select`
-bisects alpha to exactly ``w`` non-zeros (the paper's procedure) and :func:`reconstruct` refits
-the consumers of a pruned model by least squares on the kept channels.
+bisects alpha to exactly ``w`` non-zeros (the paper's procedure);
+:func:`structsearch.surgery.reconstruct` (re-exported here) refits the consumers of a pruned
+model by least squares on the kept channels.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..space import WidthSpace
+from ..surgery import reconstruct  # noqa: F401  (it lives with the rest of weight surgery)
 from .base import Criterion, forward_hooked, model_inputs
 
 # Gram chunks are (samples x outputs x channels) floats; 2**24 floats = 64 MiB keeps peak
@@ -32,11 +34,9 @@ from .base import Criterion, forward_hooked, model_inputs
 _CHUNK_FLOATS = 1 << 24
 
 
-class _Stop(Exception):
-    """Raised by a hook once it has what it needs, so the rest of the forward pass is skipped."""
-
-
-def _is_consumer(module: nn.Module) -> bool:
+def is_consumer(module: nn.Module) -> bool:
+    """A layer whose output is a sum over its input channels (a non-grouped conv or a linear):
+    the layers LASSO selection and least-squares reconstruction fit."""
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
@@ -127,7 +127,7 @@ def consumer_grams(model: nn.Module, space: WidthSpace, inputs: list[torch.Tenso
     jobs: dict[str, list] = {}  # consumer module -> [(group, idxs, roots)]
     for g in wanted:
         for m in space.groups[g].members:
-            if m.dim == "in" and _is_consumer(modules[m.module]):
+            if m.dim == "in" and is_consumer(modules[m.module]):
                 idxs = torch.as_tensor(m.idxs, device=device)
                 roots = torch.as_tensor(m.root_idxs, device=device)
                 jobs.setdefault(m.module, []).append((g, idxs, roots))
@@ -300,107 +300,3 @@ def lasso_select(model: nn.Module, space: WidthSpace, group, width: int, batches
         raise ValueError(f"group {g} ({space.groups[g].name}) has no conv/linear consumer")
     gram = gram.cpu().numpy()
     return lasso_select_gram(gram, gram.sum(1), width)[0]
-
-
-@torch.no_grad()
-def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor, *, inputs: bool) -> torch.Tensor:
-    """``module``'s input (``inputs=True``) or output for model input ``x``; the forward pass
-    stops at ``module``."""
-    seen = []
-
-    def pre(mod, args):
-        seen.append(args[0].detach().float())
-        raise _Stop
-
-    def post(mod, args, output):
-        seen.append(output.detach().float())
-        raise _Stop
-
-    handle = module.register_forward_pre_hook(pre) if inputs else module.register_forward_hook(post)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]
-
-
-def reconstruct(pruned_model: nn.Module, original_model: nn.Module, space: WidthSpace, keep,
-                batches, *, num_batches: int = 5, points_per_image: int | None = 10,
-                ridge: float = 1e-6, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Refit, by least squares, every consumer whose input channels were pruned, in model order.
-
-    For consumer B the target is the original model's B output (bias excluded, pruned output
-    channels dropped) and the regressors are the *pruned* model's B inputs, so each refit also
-    absorbs the error of the layers before it (He et al.'s sequential reconstruction). The
-    normal equations get a ridge of ``ridge * mean diagonal`` for stability; a refit that would
-    not lower the error is skipped. ``pruned_model`` is changed in place; returns
-    ``{module: (relative error before, after)}`` with error ``||Y - Y_hat||^2 / ||Y||^2`` on the
-    sampled positions.
-    """
-    from ..surgery import _keep_index, _keep_sets, _removed
-
-    widths = []
-    for i, group in enumerate(space.groups):
-        chosen = keep.get(i, keep.get(group.name)) if isinstance(keep, dict) else keep[i]
-        widths.append(group.width if chosen is None else len(np.unique(chosen)))
-    removed = _removed(space, _keep_sets(space, widths, keep))
-    originals = dict(original_model.named_modules())
-    pruned = dict(pruned_model.named_modules())
-    order = list(originals)
-    targets = sorted({name for name, dim in removed
-                      if dim == "in" and _is_consumer(originals[name])}, key=order.index)
-    inputs = model_inputs(batches, num_batches)
-    device = next(pruned_model.parameters()).device
-    rng = np.random.default_rng(seed)
-    modes = original_model.training, pruned_model.training
-    original_model.eval()
-    pruned_model.eval()
-    errors = {}
-    try:
-        for name in targets:
-            old, new = originals[name], pruned[name]
-            full_out = old.weight.shape[0]
-            out_keep = _keep_index(full_out, removed.get((name, "out")))
-            out_keep = torch.arange(full_out) if out_keep is None else out_keep
-            weight = new.weight.detach().double().reshape(new.weight.shape[0], -1)
-            dim = weight.shape[1]
-            gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-            cross = torch.zeros(dim, weight.shape[0], dtype=torch.float64, device=device)
-            energy = 0.0
-            for x in inputs:
-                x = x.to(device)
-                y = _capture(original_model, old, x, inputs=False)
-                xin = _capture(pruned_model, new, x, inputs=True)
-                where = sample_positions(new, xin, points_per_image, rng)
-                p = input_patches(new, xin, where).reshape(len(where[0]), -1).double()
-                if isinstance(old, nn.Linear):
-                    t = y.reshape(-1, y.shape[-1])[where[0]]
-                else:
-                    t = y[where[0], :, where[1], where[2]]
-                t = t[:, out_keep.to(t.device)].double()
-                if old.bias is not None:
-                    t = t - old.bias.detach().double()[out_keep.to(t.device)]
-                gram += p.T @ p
-                cross += p.T @ t
-                energy += float((t * t).sum())
-
-            def error(w):  # ||T - P W^T||^2 from the accumulated statistics
-                return energy - 2 * float((w.T * cross).sum()) + float(((gram @ w.T) * w.T).sum())
-
-            before = error(weight)
-            lam = ridge * float(gram.diagonal().mean()) + 1e-12
-            eye = torch.eye(dim, dtype=gram.dtype, device=device)
-            fitted = torch.linalg.solve(gram + lam * eye, cross).T
-            after = error(fitted)
-            if after < before:
-                new.weight.data.copy_(fitted.reshape(new.weight.shape).to(new.weight.dtype))
-            else:
-                after = before
-            scale = max(energy, 1e-30)
-            errors[name] = (before / scale, after / scale)
-    finally:
-        original_model.train(modes[0])
-        pruned_model.train(modes[1])
-    return errors

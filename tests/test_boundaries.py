@@ -1,0 +1,57 @@
+"""Module boundaries: searchers and the numpy side of the space never import torch.
+
+Each check runs in a fresh interpreter, since this test process has torch loaded already.
+"""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+NO_TORCH = ("import sys; assert 'torch' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith('torch'))")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("modules", ["searchers", "structsearch.space, structsearch.ranking",
+                                     "structsearch.cost", "structsearch", "optuna"])
+def test_import_does_not_pull_torch(modules):
+    result = run_python(f"import {modules}; {NO_TORCH}")
+    assert result.returncode == 0, result.stderr
+
+
+def test_space_queries_run_without_torch():
+    """A WidthSpace built from numpy parts answers every query a searcher asks, torch-free."""
+    code = textwrap.dedent("""
+        import numpy as np
+        import structsearch.ranking as ranking
+        from structsearch.cost import Affine, CostModel
+        from structsearch.space import Group, Member, WidthSpace, _grid
+
+        widths = [8, 16]
+        members = lambda name, w: (Member(name, "out", np.arange(w), np.arange(w)),)
+        groups = [Group(f"conv{i}", w, members(f"conv{i}", w)) for i, w in enumerate(widths)]
+        macs, params = CostModel(2), CostModel(2)
+        one = Affine(1.0, np.zeros(2))
+        g0, g1 = Affine(0.0, np.array([1.0, 0.0])), Affine(0.0, np.array([0.0, 1.0]))
+        macs.add(9 * 64, g0, Affine(3.0, np.zeros(2)), "conv0")
+        macs.add(9 * 64, g1, g0, "conv1")
+        params.add(9, g0, one, "conv0")
+        params.add(9, g1, g0, "conv1")
+        space = WidthSpace(groups=groups, input_shape=(3, 8, 8), round_to=2, _macs=macs,
+                           _params=params, _grids=[_grid(w, 0.25, 2) for w in widths])
+        rng = np.random.default_rng(0)
+        draws = space.sample(rng, 5, (0.2 * space.full_macs, 0.6 * space.full_macs))
+        assert all(space.macs(space.validate(w)) <= 0.6 * space.full_macs for w in draws)
+        assert space.macs(space.project(space.full_widths, 0.5 * space.full_macs)) <= 0.5 * space.full_macs
+        assert 0 < space.max_uniform_ratio(0.5 * space.full_macs) < 1
+        space.table(space.uniform(0.5))
+        keep = ranking.criterion_keep([rng.random(w) for w in widths], space.uniform(0.5))
+        assert [len(k) for k in keep.values()] == list(space.uniform(0.5))
+        ranking.walk_chains(rng, [np.full(2, 0.5)] * 2, [np.array([2, 4, 8]), np.array([4, 8, 16])], 3)
+    """) + NO_TORCH
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
