@@ -61,7 +61,8 @@ def main() -> None:
 
     import searchers
     from structsearch import config as C
-    from structsearch.pipeline import init_ray, run_baseline, run_search
+    from structsearch.pipeline import run_baseline, run_search
+    from structsearch.tuning import init_ray
 
     rows = {k: v for k, v in SEARCHERS.items() if not args.only or k in args.only}
     rows = {k: v for k, v in rows.items() if searchers.available(v["searcher"])}

@@ -64,7 +64,7 @@ def make_setup(dataset: str, epochs: int):
 def random_core(setup, n: int):
     import searchers
     space = setup.space
-    return searchers.build("random", space, max_macs=0.5 * space.full_macs, num_candidates=n, seed=0)
+    return searchers.build("random", space, limit=0.5 * space.full_macs, num_candidates=n, seed=0)
 
 
 def run(n: int, concurrent: int, epochs: int, dataset: str = "digits"):
@@ -138,7 +138,7 @@ def main() -> None:
     import ray
     import torch
 
-    from structsearch.pipeline import init_ray
+    from structsearch.tuning import init_ray
     init_ray(None)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"torch {torch.__version__}, ray {ray.__version__}, python {platform.python_version()}")

@@ -1,18 +1,22 @@
 """Adapter from a numpy :class:`~searchers.core.SearchCore` to ``ray.tune.search.Searcher``."""
 from __future__ import annotations
 
+import json
 import os
-import pickle
 from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from .core import FINISHED, Proposal, SearchCore
+from structsearch import plain
+from structsearch.candidate import Candidate
+
+from .core import FINISHED, SearchCore
 
 
 class TuneSearcher(Searcher):
-    """``suggest`` returns ``{"widths", "origin", "searcher", "token"}``, ``None`` while the core
-    waits for results, or ``Searcher.FINISHED``; errored trials count as the worst fitness."""
+    """``suggest`` returns a candidate's trial config (``Candidate.to_config``), ``None`` while
+    the core waits for results, or ``Searcher.FINISHED``; errored trials count as the worst
+    fitness."""
 
     def __init__(self, core: SearchCore, *, metric: str = "val_acc", requeue=()):
         super().__init__(metric=metric, mode="max")
@@ -34,10 +38,8 @@ class TuneSearcher(Searcher):
                 return Searcher.FINISHED
             if proposal is None:
                 return None
-            assert isinstance(proposal, Proposal)
-            config = {**(proposal.options or {}), "widths": list(proposal.widths),
-                      "origin": proposal.origin, "searcher": proposal.searcher or self.core.name,
-                      "token": proposal.token}
+            assert isinstance(proposal, Candidate)
+            config = proposal.to_config()
         self.tokens[trial_id] = config["token"]
         self.configs[config["token"]] = config
         return dict(config)
@@ -59,18 +61,16 @@ class TuneSearcher(Searcher):
         self.core.tell(token, fitness, dict(result or {}) if not error else {})
 
     def save(self, checkpoint_path: str) -> None:
-        # Write then rename: an interrupted save never leaves a half-written state.
+        # Plain JSON, written then renamed: an interrupted save never leaves a half-written state.
         data = {"core": self.core.state(), "tokens": dict(self.tokens),
                 "configs": dict(self.configs), "requeue": list(self.requeue)}
         tmp = Path(str(checkpoint_path) + ".tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump(data, fh)
+        tmp.write_text(json.dumps(plain.encode(data)))
         os.replace(tmp, checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            data = pickle.load(fh)  # our own file, written by save() above
+        data = plain.decode(json.loads(Path(checkpoint_path).read_text()))
         self.core.load_state(data["core"])
         self.tokens = data["tokens"]
-        self.configs = data.get("configs", {})
-        self.requeue = data.get("requeue", [])
+        self.configs = data["configs"]
+        self.requeue = data["requeue"]

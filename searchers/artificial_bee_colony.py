@@ -18,17 +18,19 @@ import math
 
 import numpy as np
 
-from .core import FINISHED, WORST, Proposal, SearchCore
+from .core import FINISHED, WORST, Need, SearchCore
 
 
 class ArtificialBeeColony(SearchCore):
     name = "abc"
 
-    def __init__(self, space, *, max_macs, num_candidates, seed=0, food_number: int = 10,
+    needs = (Need("seed_proposals", "initial"),)
+
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None, food_number: int = 10,
                  food_limit: int = 5, honeychange_num: int = 2, max_cycle: int = 10,
                  max_preserve: int = 9, encoding: str = "code", initial: list | None = None,
                  init_fraction: float = 0.8):
-        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
         if encoding not in ("code", "grid"):
             raise ValueError("abc.encoding must be 'code' or 'grid'")
         if food_number < 2:
@@ -51,7 +53,6 @@ class ArtificialBeeColony(SearchCore):
         self.phase = "init"
         self.queue: list[dict] = []
         self.inflight: dict[tuple[int, ...], list[dict]] = {}
-        self.tokens: dict[int, tuple[int, ...]] = {}
         self.done_moves: list[dict] = []
         self.phase_log: list[tuple[int, str, int]] = []  # (cycle, phase, moves) for inspection
         self._start_init(initial or [])
@@ -84,16 +85,14 @@ class ArtificialBeeColony(SearchCore):
 
     def _repair(self, pos) -> np.ndarray:
         widths = self.widths_of(pos)
-        if self.space.macs(widths) <= self.max_macs:
+        if self.cost(widths) <= self.limit:
             return np.asarray(pos, dtype=np.int64)
-        return self._pos_of(self.space.project(widths, self.max_macs))
+        return self._pos_of(self.project(widths))
 
     def _random_pos(self) -> np.ndarray:
         # Random sources spend most of the budget (as random search's do): a source far below
         # the budget starts the colony with needlessly weak candidates.
-        lo = max(self.init_fraction * self.max_macs, self.space.min_macs)
-        widths = self.space.sample(self.rng, 1, (lo, self.max_macs))[0]
-        return self._repair(self._pos_of(widths))
+        return self._repair(self._pos_of(self.sample(1, self.init_fraction)[0]))
 
     def _neighbour(self, i: int) -> np.ndarray:
         """``x_ij + U(-1, 1) * (x_ij - x_kj)`` on ``honeychange_num`` random dimensions."""
@@ -188,8 +187,8 @@ class ArtificialBeeColony(SearchCore):
                 self._start_employed()
         return True
 
-    # ------------------------------------------------------------------ protocol
-    def ask(self):
+    # ------------------------------------------------------------------ hooks
+    def _next(self):
         while True:
             if self.phase == "done":
                 return FINISHED
@@ -203,28 +202,17 @@ class ArtificialBeeColony(SearchCore):
                 if widths in self.inflight:
                     self.inflight[widths].append(move)
                     continue
-                if self.asked >= self.num_candidates:
-                    return FINISHED
-                token = self.asked
-                self.asked += 1
                 self.inflight[widths] = [move]
-                self.tokens[token] = widths
-                self.pending[token] = (widths, move["origin"])
-                return Proposal(token, widths, move["origin"])
+                return widths, move["origin"]
             if self.inflight:
                 return None
             if not self._advance():
                 return FINISHED
 
-    def tell(self, token, fitness, info=None):
-        widths = self.tokens.pop(token, None)
-        super().tell(token, fitness, info)
-        if widths is None:
-            return
-        value = self.history[-1][1]
-        self.known[widths] = value
-        for move in self.inflight.pop(widths, []):
-            move["fitness"] = value
+    def _observe(self, candidate, fitness, info):
+        self.known[candidate.widths] = fitness
+        for move in self.inflight.pop(candidate.widths, []):
+            move["fitness"] = fitness
             self.done_moves.append(move)
 
     @property

@@ -1,24 +1,26 @@
 """Several searchers sharing one candidate budget, taking turns (e.g. ``random+uniform``)."""
 from __future__ import annotations
 
-from .core import FINISHED, Proposal, SearchCore
+from .core import FINISHED, SearchCore
 
 
 class CompositeSearch(SearchCore):
     """Interleaves sub-searchers round-robin; each keeps its own state and results. A sub-searcher
     that waits (returns None) or is finished yields its turn to the next one."""
 
-    def __init__(self, space, parts: list[SearchCore], *, max_macs, seed=0):
+    name = "composite"
+    _static = SearchCore._static | {"parts"}
+
+    def __init__(self, space, parts: list[SearchCore], *, limit, seed=0, view=None):
         total = sum(p.num_candidates for p in parts)
-        super().__init__(space, max_macs=max_macs, num_candidates=total, seed=seed)
+        super().__init__(space, limit=limit, num_candidates=total, seed=seed, view=view)
         self.parts = parts
         self.name = "+".join(p.name for p in parts)
         self.turn = 0
-        self.routes: dict[int, tuple[int, int]] = {}
+        self.routes: dict[int, tuple[int, int]] = {}  # our token -> (part, the part's token)
+        self._route: tuple[int, int] | None = None
 
-    def ask(self):
-        if self.asked >= self.num_candidates:
-            return FINISHED
+    def _next(self):
         finished = 0
         for offset in range(len(self.parts)):
             index = (self.turn + offset) % len(self.parts)
@@ -29,27 +31,21 @@ class CompositeSearch(SearchCore):
             if got is None:
                 continue
             self.turn = index + 1
-            token = self.asked
-            self.asked += 1
-            self.routes[token] = (index, got.token)
-            self.pending[token] = (got.widths, got.origin)
-            return Proposal(token, got.widths, got.origin, got.searcher or self.parts[index].name,
-                            got.options)
+            self._route = (index, got.token)
+            return got
         return FINISHED if finished == len(self.parts) else None
 
-    def tell(self, token, fitness, info=None):
-        route = self.routes.pop(token, None)
-        if route is not None:
-            self.parts[route[0]].tell(route[1], fitness, info)
-        super().tell(token, fitness, info)
+    def _proposed(self, candidate):
+        self.routes[candidate.token] = self._route
+
+    def _observe(self, candidate, fitness, info):
+        part, token = self.routes.pop(candidate.token)
+        self.parts[part].tell(token, fitness, info)
 
     def state(self) -> dict:
-        return {"own": {k: v for k, v in super().state().items() if k != "parts"},
-                "parts": [p.state() for p in self.parts]}
+        return {"own": super().state(), "parts": [p.state() for p in self.parts]}
 
     def load_state(self, state: dict) -> None:
-        parts = self.parts
         super().load_state(state["own"])
-        self.parts = parts
         for part, s in zip(self.parts, state["parts"]):
             part.load_state(s)

@@ -1,87 +1,159 @@
 """The ask/tell protocol every structsearch searcher implements (numpy only, no Ray, no torch).
 
-A searcher proposes width vectors for a :class:`~structsearch.space.WidthSpace` under a MACs
-budget. ``ask()`` returns a :class:`Proposal`, ``None`` ("wait: results I need are still
-running") or :data:`FINISHED`; ``tell(token, fitness, info)`` reports a proposal's fitness
-(higher is better; ``None`` for a failed candidate, which counts as the worst) and, in ``info``,
-whatever else the trial reported (DropNet reads its channels' activations there). ``state()`` returns
-everything needed to continue, and ``load_state`` restores it, so a resumed search proposes
-exactly what the interrupted one would have.
+A searcher proposes width vectors for a :class:`~structsearch.space.WidthSpace` under a budget:
+a cost view (``view.cost(widths)``: MACs, parameters or predicted latency, see
+:mod:`structsearch.budget`) and a ``limit`` in that view's unit. The pipeline drives it through
+``ask`` / ``tell`` (see :class:`SearchCore`); ``state()`` returns plain data (numbers, strings,
+lists, dicts, numpy arrays, tuples, sets, candidates) that :mod:`structsearch.plain` writes as
+JSON, and ``load_state`` restores it, so a resumed search proposes exactly what the interrupted
+one would have.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
+
+from structsearch.budget import CostView, MacsCost
+from structsearch.candidate import Candidate
 
 FINISHED = "FINISHED"
 WORST = float("-inf")
 
+Proposal = Candidate  # what ``ask`` returns (the name searchers used before Candidate existed)
+
 
 @dataclass(frozen=True)
-class Proposal:
-    token: int
-    widths: tuple[int, ...]
-    origin: str
-    searcher: str | None = None  # the proposing part of a composite searcher
-    # Instructions to the trial beyond the widths (merged into its config), e.g. DropNet's
-    # explicit channels ``keep``, ``init: original`` and ``channel_scores: True``.
-    options: dict | None = None
+class Need:
+    """Something a searcher cannot compute itself (it never touches a model) and the pipeline
+    provides before building it, passed as constructor parameter ``param``.
+
+    ``kind`` is one of the pipeline's providers: ``seed_proposals`` (width vectors of the
+    config's ``search.seeds``; with ``default=True`` the pipeline's default list when none are
+    given, else nothing is passed), ``channel_scores`` (one score array per group of the
+    criterion ``options["criterion"]``, ``options["normalize"]`` as the criterion takes it) and
+    ``dmcp_chains`` (Markov chains learned by a DMCP supernet trial under the budget).
+    ``takes`` names entries of ``search.params.<searcher>`` that parametrise the provider (e.g.
+    the DMCP supernet's epochs), not the searcher. A parameter the user gives under
+    ``search.params.<searcher>`` is not overridden.
+    """
+
+    kind: str
+    param: str
+    default: bool = False
+    options: dict = field(default_factory=dict, hash=False)
+    takes: tuple[str, ...] = ()
 
 
-class SearchCore:
-    """Base class: budget bookkeeping, proposal tokens, seeded RNG and whole-state save."""
+class SearchCore(ABC):
+    """Base class of every searcher: budget bookkeeping, proposal tokens, a seeded RNG and
+    whole-state save. Subclass it, set ``name``, and implement :meth:`_next` (and, for an
+    algorithm that learns, :meth:`_observe`; :meth:`_proposed` when a proposal must be
+    remembered under its token). Never override ``ask`` or ``tell``.
 
-    name = "base"
+    Class attributes a searcher declares (the pipeline reads them, never the name):
 
-    def __init__(self, space, *, max_macs: float, num_candidates: int, seed: int = 0):
-        if max_macs < space.min_macs:
-            raise ValueError(f"budget {max_macs:.4g} MACs is below the smallest network "
-                             f"({space.min_macs:.4g} MACs)")
+    - ``name``: the registry name (``search.searcher``).
+    - ``needs``: :class:`Need` entries for what the pipeline must provide.
+    - ``budget_kinds``: the budgets it works under (``macs``, ``params``, ``latency``).
+    - ``early_stopping``: whether a trial scheduler (ASHA) may stop its trials early.
+
+    Its parameters are the keyword arguments of its ``__init__`` after ``seed``, each typed and
+    with a default; ``searchers.parameters(name)`` lists them and the config is checked against
+    them before any training.
+    """
+
+    name: ClassVar[str] = "base"
+    needs: ClassVar[tuple[Need, ...]] = ()
+    budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
+    early_stopping: ClassVar[bool] = True
+    # Attributes rebuilt by the constructor, not part of ``state()``.
+    _static: ClassVar[frozenset] = frozenset({"space", "view"})
+
+    def __init__(self, space, *, limit: float, num_candidates: int, seed: int = 0,
+                 view: CostView | None = None):
         self.space = space
-        self.max_macs = float(max_macs)
+        self.view = view if view is not None else MacsCost(space)
+        if limit < self.view.floor:
+            raise ValueError(f"budget {limit:.4g} {self.view.unit} is below the smallest network "
+                             f"({self.view.floor:.4g} {self.view.unit})")
+        self.limit = float(limit)
         self.num_candidates = int(num_candidates)
         self.rng = np.random.default_rng(seed)
         self.asked = 0
-        self.pending: dict[int, tuple[tuple[int, ...], str]] = {}
+        self.pending: dict[int, Candidate] = {}
         self.history: list[tuple[tuple[int, ...], float, str]] = []
 
-    # -- to implement -------------------------------------------------------------------
+    # -- hooks ---------------------------------------------------------------------------
+    @abstractmethod
     def _next(self):
-        """The next (widths, origin), or None to wait, or FINISHED."""
-        raise NotImplementedError
+        """Called by ``ask`` while fewer than ``num_candidates`` proposals were made. Returns
+        the next proposal as ``(widths, origin)`` or a :class:`Candidate` draft (see
+        :meth:`draft`; its token is replaced), ``None`` to wait for results still training, or
+        :data:`FINISHED` when the search has nothing more to propose. The widths are snapped to
+        the grid and repaired into the budget afterwards."""
 
-    def _observe(self, token: int, widths: tuple[int, ...], fitness: float, info: dict) -> None:
-        """Hook for algorithms that learn from results."""
+    def _proposed(self, candidate: Candidate) -> None:
+        """Called by ``ask`` with the proposal just numbered (its ``token`` is final), before it
+        is returned: remember what the proposal's result will be matched to."""
 
-    # -- protocol -----------------------------------------------------------------------
+    def _observe(self, candidate: Candidate, fitness: float, info: dict) -> None:
+        """Called by ``tell`` once per proposal with its fitness (:data:`WORST` for a failed
+        candidate) and ``info``, the rest of what its trial reported (e.g. DropNet's
+        ``channel_scores``)."""
+
+    # -- protocol (final) ----------------------------------------------------------------
     def ask(self):
+        """The next :class:`Candidate`, ``None`` ("wait: results I need are still running") or
+        :data:`FINISHED`."""
         if self.asked >= self.num_candidates:
             return FINISHED
         nxt = self._next()
-        if nxt is None or nxt == FINISHED:
+        if nxt is None or (isinstance(nxt, str) and nxt == FINISHED):
             return nxt
-        widths, origin = nxt
-        widths = self.feasible(widths)
-        token = self.asked
+        draft = nxt if isinstance(nxt, Candidate) else self.draft(*nxt)
+        candidate = Candidate(self.asked, self.feasible(draft.widths), draft.origin,
+                              draft.searcher or self.name, draft.options)
         self.asked += 1
-        self.pending[token] = (widths, origin)
-        return Proposal(token, widths, origin)
+        self.pending[candidate.token] = candidate
+        self._proposed(candidate)
+        return candidate
 
     def tell(self, token: int, fitness: float | None, info: dict | None = None) -> None:
-        entry = self.pending.pop(token, None)
-        if entry is None:
+        """Report proposal ``token``'s fitness (higher is better; ``None`` or non-finite for a
+        failed candidate, which counts as the worst). Unknown tokens are ignored."""
+        candidate = self.pending.pop(token, None)
+        if candidate is None:
             return
-        widths, origin = entry
         value = WORST if fitness is None or not np.isfinite(fitness) else float(fitness)
-        self.history.append((widths, value, origin))
-        self._observe(token, widths, value, info or {})
+        self.history.append((candidate.widths, value, candidate.origin))
+        self._observe(candidate, value, info or {})
+
+    # -- helpers -------------------------------------------------------------------------
+    def draft(self, widths, origin: str, options: dict | None = None) -> Candidate:
+        """A proposal for :meth:`_next` to return (numbered by ``ask``)."""
+        return Candidate(-1, widths, origin, self.name, options or {})
+
+    def cost(self, widths):
+        """The budgeted cost (in ``self.view.unit``) of one width vector or each row."""
+        return self.view.cost(widths)
+
+    def project(self, widths) -> np.ndarray:
+        """``widths`` snapped and repaired into the budget."""
+        return self.space.project(widths, self.limit, cost=self.view)
+
+    def sample(self, n: int, low: float) -> np.ndarray:
+        """``n`` random grid vectors costing between ``low`` (a fraction of the limit, never
+        below the floor) and the limit."""
+        lo = max(low * self.limit, self.view.floor)
+        return self.space.sample(self.rng, n, (lo, self.limit), cost=self.view)
 
     def feasible(self, widths) -> tuple[int, ...]:
         """Snap to the grid and repair into the budget."""
-        w = self.space.project(self.space.snap(widths), self.max_macs)
-        return tuple(int(v) for v in w)
+        return tuple(int(v) for v in self.project(self.space.snap(widths)))
 
     @property
     def best(self) -> tuple[tuple[int, ...], float] | None:
@@ -89,12 +161,13 @@ class SearchCore:
         return max(done, key=lambda t: t[1]) if done else None
 
     def state(self) -> dict:
-        state = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "space"}
+        """Everything needed to continue, as plain data."""
+        state = {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k not in self._static}
         state["rng"] = self.rng.bit_generator.state
         return state
 
     def load_state(self, state: dict) -> None:
-        state = dict(state)
+        state = dict(state)  # the caller's state (e.g. the search journal's) stays whole
         rng_state = state.pop("rng")
         self.__dict__.update(copy.deepcopy(state))
         self.rng = np.random.default_rng()

@@ -20,13 +20,13 @@ import numpy as np
 
 from structsearch.ranking import walk_chains
 
-from .core import FINISHED, SearchCore
+from .core import FINISHED, Need, SearchCore
 
-EXPORT_FILE = "dmcp.json"
+EXPORT_FILE = "chains.json"
 
 
 def read_export(path) -> dict:
-    """The chains a DMCP supernet trial exported: ``path`` is ``dmcp.json`` or its directory."""
+    """The chains a DMCP supernet trial exported: ``path`` is ``chains.json`` or its directory."""
     path = Path(path)
     if path.is_dir():
         path = path / EXPORT_FILE
@@ -53,17 +53,24 @@ class DMCPSampler(SearchCore):
     Give the chains as ``chains`` (the dict ``DMCPSupernet.export()`` returns, with ``groups``
     keyed by index or listed in order, or its JSON file/directory path) or as ``probs``
     (per-group transition probabilities) plus ``chain_widths`` (per-group ``[min, b_1, ...,
-    b_K]``). ``target_macs`` (default: the budget ``max_macs``) is the DS target; a sample is
+    b_K]``). ``target_macs`` (default: the budget ``limit``, MACs) is the DS target; a sample is
     kept when its MACs are within ``tol * target_macs`` of it. ``max_draws`` bounds the chain
     walks spent per proposal before falling back to projected walks.
     """
 
     name = "dmcp"
+    # The chains come from a supernet trial the pipeline runs first; these parameters under
+    # search.params.dmcp are that trial's (structsearch.dmcp.train_supernet), not the sampler's.
+    needs = (Need("dmcp_chains", "chains", takes=("epochs", "lr_weights", "lr_arch", "num_blocks",
+                                                  "budget_loss", "budget_weight", "batch_size",
+                                                  "min_ratio")),)
+    budget_kinds = ("macs",)  # the supernet's expected cost is differentiable MACs
 
-    def __init__(self, space, *, max_macs, num_candidates, seed=0, chains=None, probs=None,
-                 chain_widths=None, target_macs: float | None = None, tol: float = 0.01,
-                 max_draws: int = 20000, batch: int = 256):
-        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None, chains: dict | str | None = None,
+                 probs: list | None = None, chain_widths: list | None = None,
+                 target_macs: float | None = None, tol: float = 0.01, max_draws: int = 20000,
+                 batch: int = 256):
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
         if chains is not None:
             if isinstance(chains, (str, Path)):
                 chains = read_export(chains)
@@ -90,7 +97,7 @@ class DMCPSampler(SearchCore):
             if chain[-1] != space.groups[g].width:
                 raise ValueError(f"chain {g} ends at {chain[-1]} but the group is "
                                  f"{space.groups[g].width} wide")
-        self.target_macs = float(max_macs if target_macs is None else target_macs)
+        self.target_macs = float(limit if target_macs is None else target_macs)
         self.tol = float(tol)
         self.max_draws = int(max_draws)
         self.batch = int(batch)

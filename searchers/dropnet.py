@@ -17,26 +17,27 @@ inherits the trained baseline's weights, which suits short candidate training be
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 
 import numpy as np
 
 from structsearch.ranking import criterion_keep
 
-from .core import FINISHED, Proposal, SearchCore
+from .core import FINISHED, Need, SearchCore
 
 log = logging.getLogger("structsearch")
 
 
 class DropNetSchedule(SearchCore):
     name = "dropnet"
+    # Raw activations: DropNet's global ranking compares channels across groups.
+    needs = (Need("channel_scores", "scores", options={"criterion": "activation", "normalize": False}),)
+    early_stopping = False  # each step needs its fully trained accuracy and activations
 
-    def __init__(self, space, *, max_macs, num_candidates, seed=0, scores: list | None = None,
-                 p: float = 0.2, kappa: float = 0.9, mode: str = "min", reinit: bool = True,
-                 rescore: bool = True):
-        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None,
+                 scores: list | None = None, p: float = 0.2, kappa: float = 0.9, mode: str = "min",
+                 reinit: bool = True, rescore: bool = True):
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
         if mode not in ("min", "min_layer"):
             raise ValueError("dropnet.mode must be 'min' or 'min_layer'")
         if not 0 < p < 1:
@@ -52,8 +53,7 @@ class DropNetSchedule(SearchCore):
         self.p, self.kappa, self.mode = float(p), float(kappa), mode
         self.reinit, self.rescore = bool(reinit), bool(rescore)
         self.kept = [np.arange(g.width) for g in space.groups]  # channels still alive
-        self.current = np.asarray(space.project(space.full_widths, max_macs), dtype=np.int64)
-        self.keeps: dict[int, list[np.ndarray]] = {}
+        self.current = np.asarray(self.project(space.full_widths), dtype=np.int64)
         self.first_fitness: float | None = None
         self.waiting = False
         self.stopped = False
@@ -90,49 +90,43 @@ class DropNetSchedule(SearchCore):
         return np.minimum(self.space.snap(new), widths)
 
     def _rescore(self, keep: list[np.ndarray], info: dict) -> None:
-        """The trained step's activations replace its kept channels' scores; a step without
-        usable ones keeps the scores it had (counted in ``unscored`` and logged)."""
+        """The trained step's activations (``info["channel_scores"]``: one flat list, group after
+        group, in the order of the kept channels) replace its kept channels' scores; a step
+        without usable ones keeps the scores it had (counted in ``unscored`` and logged)."""
         reported, problem = info.get("channel_scores"), info.get("channel_scores_error")
         try:
             if reported is None:
                 raise ValueError(problem or "the trial reported no channel_scores")
-            reported = json.loads(reported) if isinstance(reported, str) else reported
-            values = [np.asarray(v, dtype=np.float64) for v in reported]
-            if [len(v) for v in values] != [len(k) for k in keep]:
+            flat = np.asarray(reported, dtype=np.float64)
+            if flat.ndim != 1 or len(flat) != sum(len(k) for k in keep):
                 raise ValueError("channel_scores do not match the kept channels")
         except (ValueError, TypeError) as exc:
             self.unscored += 1
             log.warning("dropnet: step ranked with earlier channel scores (%s)", exc)
             return
+        values = np.split(flat, np.cumsum([len(k) for k in keep])[:-1])
         for g, k in enumerate(keep):
             self.scores[g][k] = values[g]
 
-    # -- protocol ------------------------------------------------------------------------
+    # -- hooks ---------------------------------------------------------------------------
     def _next(self):
         if self.stopped:
             return FINISHED
         if self.waiting:
             return None
         self.waiting = True
-        return tuple(int(v) for v in self.current), f"dropnet:step{self.asked}"
-
-    def ask(self):
-        proposal = super().ask()
-        if not isinstance(proposal, Proposal):
-            return proposal
-        keep = [self._top(g, k, w) for g, (k, w) in enumerate(zip(self.kept, proposal.widths))]
-        self.keeps[proposal.token] = keep
+        widths = self.feasible(self.current)
+        keep = [self._top(g, k, w) for g, (k, w) in enumerate(zip(self.kept, widths))]
         options = {"keep": [[int(c) for c in k] for k in keep],
                    "init": "original" if self.reinit else "inherit"}
         if self.rescore:
             options["channel_scores"] = True
-        return dataclasses.replace(proposal, options=options)
+        return self.draft(widths, f"dropnet:step{self.asked}", options)
 
-    def _observe(self, token, widths, fitness, info):
-        keep = self.keeps.pop(token, None)
+    def _observe(self, candidate, fitness, info):
+        keep = [np.asarray(k, dtype=np.int64) for k in candidate.options["keep"]]
+        widths = candidate.widths
         self.waiting = False
-        if keep is None:
-            return
         if self.first_fitness is None:
             if not np.isfinite(fitness):
                 # A failed first step is retried (the reference accuracy needs a result), twice.

@@ -11,16 +11,18 @@ class RandomSearch(SearchCore):
 
     name = "random"
 
-    def __init__(self, space, *, max_macs, num_candidates, seed=0, min_fraction: float = 0.8):
-        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None,
+                 min_fraction: float = 0.8):
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
+        if not 0 <= min_fraction <= 1:
+            raise ValueError("random.min_fraction must be in [0, 1]")
         self.min_fraction = float(min_fraction)
         self.seen: set[tuple[int, ...]] = set()
 
     def _next(self):
-        lo = max(self.min_fraction * self.max_macs, self.space.min_macs)
         widths = None
         for _ in range(50):
-            widths = tuple(int(v) for v in self.space.sample(self.rng, 1, (lo, self.max_macs))[0])
+            widths = tuple(int(v) for v in self.sample(1, self.min_fraction)[0])
             if widths not in self.seen:
                 break
         self.seen.add(widths)

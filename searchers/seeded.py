@@ -2,18 +2,21 @@
 candidates in their own right (uniform, l1/hrank/bn_scale global ranking, paper presets)."""
 from __future__ import annotations
 
-from .core import FINISHED, SearchCore
+from .core import FINISHED, Need, SearchCore
 
 
 class SeededProposals(SearchCore):
     """Proposes a fixed list ``proposals = [{"origin": name, "widths": [...]}, ...]`` in order
-    (each repaired into the budget; repeats after repair are proposed once). The list is
-    computed by the pipeline from ``structsearch.seeds`` because searchers never touch models."""
+    (each repaired into the budget; repeats after repair are proposed once). The pipeline
+    computes the list from ``structsearch.seeds`` (searchers never touch models): the config's
+    ``search.seeds``, or its default list."""
 
     name = "seeded"
+    needs = (Need("seed_proposals", "proposals", default=True),)
 
-    def __init__(self, space, *, max_macs, num_candidates, seed=0, proposals: list | None = None):
-        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None,
+                 proposals: list | None = None):
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
         queue, seen = [], set()
         for item in proposals or []:
             widths = self.feasible(item["widths"])

@@ -12,13 +12,15 @@ class UniformSweep(SearchCore):
 
     name = "uniform"
 
-    def __init__(self, space, *, max_macs, num_candidates, seed=0, low: float = 0.7):
-        super().__init__(space, max_macs=max_macs, num_candidates=num_candidates, seed=seed)
-        top = space.max_uniform_ratio(max_macs, tol=1e-4)
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None, low: float = 0.7):
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
+        if not 0 < low <= 1:
+            raise ValueError("uniform.low must be in (0, 1]")
+        top = space.max_uniform_ratio(limit, tol=1e-4, cost=self.view)
         ratios = np.linspace(top, low * top, max(num_candidates, 1) * 4)
         vectors: list[tuple[int, ...]] = []
         for r in ratios:
-            w = tuple(int(v) for v in space.project(space.uniform(max(r, 1e-6)), max_macs))
+            w = tuple(int(v) for v in self.project(space.uniform(max(r, 1e-6))))
             if w not in vectors:
                 vectors.append(w)
             if len(vectors) == num_candidates:

@@ -77,7 +77,7 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class SearchConfig:
-    searcher: str = "random"
+    searcher: str = field(default_factory=lambda: _default_searcher())
     criterion: str = "l1"
     candidates: int = 20
     epochs: int = 2
@@ -122,8 +122,12 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
-SEARCHERS = ("random", "uniform", "abc", "seeded", "tpe", "nsga2", "dropnet", "dmcp")
 SCHEDULES = ("cosine", "multistep", "constant")
+
+
+def _default_searcher() -> str:
+    import searchers
+    return searchers.DEFAULT
 
 
 def _plain(obj: Any) -> Any:
@@ -209,11 +213,19 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _check(cfg: Config) -> None:
-    def bad(key: str, msg: str) -> None:
-        raise ConfigError(f"{key}: {msg}")
+def _bad(key: str, msg: str) -> None:
+    raise ConfigError(f"{key}: {msg}")
 
-    d, b, s, sp, f = cfg.data, cfg.budget, cfg.search, cfg.space, cfg.final
+
+def _check(cfg: Config) -> None:
+    _check_data_and_budget(cfg)
+    _check_search(cfg)
+    _check_final_and_sparsity(cfg)
+
+
+def _check_data_and_budget(cfg: Config) -> None:
+    bad = _bad
+    d, b, s, sp = cfg.data, cfg.budget, cfg.search, cfg.space
     if not 0 < d.val_fraction < 1:
         bad("data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
     if d.batch_size < 1:
@@ -244,29 +256,43 @@ def _check(cfg: Config) -> None:
         bad("space.round_to", f"must be >= 1, got {sp.round_to}")
     if not 0 < sp.min_ratio <= 1:
         bad("space.min_ratio", f"must be in (0, 1], got {sp.min_ratio}")
-    if any(part not in SEARCHERS for part in s.searcher.split("+")):
-        close = difflib.get_close_matches(s.searcher, SEARCHERS, n=1)
+
+
+def _check_search(cfg: Config) -> None:
+    # The searcher registry is the one list of names (numpy only: cheap to import here).
+    import searchers
+    bad, s, names = _bad, cfg.search, searchers.names()
+    if not searchers.available(s.searcher):
+        close = difflib.get_close_matches(s.searcher, names, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        bad("search.searcher", f"unknown searcher '{s.searcher}'; {hint}choose one of {', '.join(SEARCHERS)}")
-    if s.candidates < 1:
-        bad("search.candidates", f"must be >= 1, got {s.candidates}")
-    if s.epochs < 1:
-        bad("search.epochs", f"must be >= 1, got {s.epochs}")
-    if s.concurrent < 1:
-        bad("search.concurrent", f"must be >= 1, got {s.concurrent}")
+        bad("search.searcher", f"unknown searcher '{s.searcher}'; {hint}choose one of {', '.join(names)}")
+    for key, low in (("candidates", 1), ("epochs", 1), ("concurrent", 1)):
+        if getattr(s, key) < low:
+            bad(f"search.{key}", f"must be >= {low}, got {getattr(s, key)}")
     if s.resources.cpu <= 0 or s.resources.gpu < 0:
         bad("search.resources", f"cpu must be > 0 and gpu >= 0, got cpu={s.resources.cpu} gpu={s.resources.gpu}")
     if s.fitness not in ("train", "adaptive_bn"):
         bad("search.fitness", f"choose train or adaptive_bn, got '{s.fitness}'")
     if s.scheduler not in ("fifo", "asha"):
         bad("search.scheduler", f"choose fifo or asha, got '{s.scheduler}'")
-    if s.scheduler == "asha" and "dropnet" in s.searcher.split("+"):
-        bad("search.scheduler", "asha stops trials early, but each DropNet step needs its fully "
-                                "trained accuracy and activations; use fifo with dropnet")
+    if s.scheduler == "asha" and not searchers.early_stopping(s.searcher):
+        bad("search.scheduler", f"asha stops trials early, but {s.searcher} needs each candidate's "
+                                f"fully trained result; use fifo with it")
     if s.max_failures < 0:
         bad("search.max_failures", f"must be >= 0, got {s.max_failures}")
     if s.lr <= 0:
         bad("search.lr", f"must be > 0, got {s.lr}")
+    for name, value in (s.params or {}).items():
+        if name not in names or not isinstance(value, dict):
+            bad(f"search.params.{name}", f"expected a mapping of parameters under a searcher name "
+                f"({', '.join(names)})")
+    for key, p in (s.fault_injection or {}).items():
+        if key not in ("raise", "nan") or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            bad(f"search.fault_injection.{key}", "expected keys 'raise'/'nan' with probabilities in [0, 1]")
+
+
+def _check_final_and_sparsity(cfg: Config) -> None:
+    bad, f = _bad, cfg.final
     for kind in f.scratch:
         if kind not in ("E", "B"):
             bad("final.scratch", f"entries must be 'E' or 'B', got {kind!r}")
@@ -283,13 +309,6 @@ def _check(cfg: Config) -> None:
         extra = set(sparsity) - kinds[kind] - {"kind"}
         if extra:
             bad(f"baseline.sparsity.{sorted(extra)[0]}", f"not a parameter of {kind} ({', '.join(sorted(kinds[kind]))})")
-    for name, value in (s.params or {}).items():
-        if name not in SEARCHERS or not isinstance(value, dict):
-            bad(f"search.params.{name}", f"expected a mapping of parameters under a searcher name "
-                f"({', '.join(SEARCHERS)})")
-    for key, p in (s.fault_injection or {}).items():
-        if key not in ("raise", "nan") or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            bad(f"search.fault_injection.{key}", "expected keys 'raise'/'nan' with probabilities in [0, 1]")
 
 
 def from_dict(data: Any) -> Config:

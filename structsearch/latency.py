@@ -6,9 +6,9 @@ group narrowed to a few grid widths (the others full). A width vector's latency 
 product (rather than a sum of savings) stays positive, and a layer whose input and output
 groups both shrink is not credited twice: a sum of per-group savings over-counts exactly those
 layers and can predict negative latency for small networks; the product errs on the slow,
-budget-safe side when groups touch separate layers. :class:`LatencySpace` is a :class:`~structsearch.space.WidthSpace` whose cost is that
-prediction (in milliseconds), so every searcher, ``project`` and ``sample`` work under a latency
-budget unchanged.
+budget-safe side when groups touch separate layers. :class:`structsearch.budget.LatencyCost`
+is the cost view of that prediction (in milliseconds), so every searcher, ``project`` and
+``sample`` work under a latency budget unchanged.
 """
 from __future__ import annotations
 
@@ -86,21 +86,3 @@ class LatencyTable:
     @classmethod
     def load(cls, path) -> "LatencyTable":
         return cls.from_json(json.loads(Path(path).read_text()))
-
-
-class LatencySpace(WidthSpace):
-    """The same groups and grid as ``space``, with predicted latency (ms) as the cost that
-    searchers budget (``macs`` here returns milliseconds; ``real_macs`` the true MACs)."""
-
-    cost_unit = "ms (predicted latency)"
-
-    def __init__(self, space: WidthSpace, table: LatencyTable):
-        self.__dict__.update(space.__dict__)
-        self.latency_table = table
-
-    def macs(self, widths):
-        return self.latency_table.predict(widths)
-
-    def real_macs(self, widths):
-        return WidthSpace.macs(self, widths)
-

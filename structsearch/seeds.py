@@ -1,6 +1,7 @@
 """Seeded width proposals: the classic ways of choosing widths, each for a MACs budget.
 
-Every proposal returns a width vector ``w`` on the space's grid with ``space.macs(w) <= macs``.
+Every proposal returns a width vector ``w`` on the space's grid with ``cost(w) <= limit`` (``cost``: a cost view of
+    :mod:`structsearch.budget`, MACs by default).
 They are candidates in their own right and seed searchers (ABC's first population, Optuna's
 first trials). Names (see :func:`names`):
 
@@ -44,24 +45,26 @@ def _ceil_to_grid(space: WidthSpace, widths) -> np.ndarray:
     return out
 
 
-def _check_budget(space: WidthSpace, macs: float) -> None:
-    if space.min_macs > macs:
-        unit = getattr(space, "cost_unit", "MACs")
-        raise WidthError(f"budget {macs:.4g} {unit} is below the smallest network in the space "
-                         f"({space.min_macs:.4g} {unit}); raise the budget or lower space.min_ratio")
+def _check_budget(space: WidthSpace, limit: float, cost=None):
+    """The cost view ``cost`` (default MACs), checked to admit ``limit``."""
+    view = space._view(cost)
+    if view.floor > limit:
+        raise WidthError(f"budget {limit:.4g} {view.unit} is below the smallest network in the space "
+                         f"({view.floor:.4g} {view.unit}); raise the budget or lower space.min_ratio")
+    return view
 
 
 # ------------------------------------------------------------------ uniform
 
 
-def uniform_widths(space: WidthSpace, macs: float, *, tol: float = 1e-6) -> np.ndarray:
-    """``space.uniform(r)`` for the largest ratio r in (0, 1] that fits ``macs`` (bisection;
+def uniform_widths(space: WidthSpace, limit: float, *, tol: float = 1e-6, cost=None) -> np.ndarray:
+    """``space.uniform(r)`` for the largest ratio r in (0, 1] that fits ``limit`` (bisection;
     MACs grow with r)."""
-    _check_budget(space, macs)
-    ratio = space.max_uniform_ratio(macs, tol=tol)
+    view = _check_budget(space, limit, cost)
+    ratio = space.max_uniform_ratio(limit, tol=tol, cost=view)
     if ratio >= 1.0:
         return space.uniform(1.0)
-    return space.project(space.uniform(max(ratio, 1e-9)), macs)
+    return space.project(space.uniform(max(ratio, 1e-9)), limit, cost=view)
 
 
 # ------------------------------------------------------------------ global threshold
@@ -80,20 +83,20 @@ def _normalised(scores: list[np.ndarray], normalize: str) -> list[np.ndarray]:
     raise ValueError(f"normalize must be 'max' or 'none', got {normalize!r}")
 
 
-def threshold_widths(space: WidthSpace, scores: list[np.ndarray], macs: float, *,
+def threshold_widths(space: WidthSpace, scores: list[np.ndarray], limit: float, *, cost=None,
                      normalize: str = "max") -> np.ndarray:
     """Widths from one global threshold on ``scores`` (one array per group, higher = keep).
 
     Channels are ranked globally (``normalize="max"`` divides each group's scores by their
     largest magnitude first; ``"none"`` compares raw scores); a threshold keeps the top-ranked
     ones, every group keeps at least its floor (``space.lower``), and the threshold is bisected
-    to the lowest one whose vector fits ``macs``: adding the next-ranked channel would exceed
+    to the lowest one whose vector fits ``limit``: adding the next-ranked channel would exceed
     the budget, so the result is within one channel's MACs of it (one grid step if
     ``round_to > 1``).
     """
     if len(scores) != len(space.groups):
         raise ValueError(f"got scores for {len(scores)} groups, the space has {len(space.groups)}")
-    _check_budget(space, macs)
+    view = _check_budget(space, limit, cost)
     norm = _normalised(scores, normalize)
     values = np.concatenate(norm)
     group_of = np.concatenate([np.full(len(s), g) for g, s in enumerate(norm)])
@@ -107,11 +110,11 @@ def threshold_widths(space: WidthSpace, scores: list[np.ndarray], macs: float, *
         return _ceil_to_grid(space, np.maximum(counts, lower))
 
     lo, hi = 0, len(values)  # widths(lo) fits; find the largest k that fits
-    if space.macs(widths(hi)) <= macs:
+    if view.cost(widths(hi)) <= limit:
         return widths(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if space.macs(widths(mid)) <= macs:
+        if view.cost(widths(mid)) <= limit:
             lo = mid
         else:
             hi = mid
@@ -130,21 +133,22 @@ def _scores_for(criterion, model, space, batches, scores, default: str) -> list[
 # ------------------------------------------------------------------ SSL read-out
 
 
-def ssl_widths(model: nn.Module, space: WidthSpace, macs: float, *, threshold: float | None = None,
+def ssl_widths(model: nn.Module, space: WidthSpace, limit: float, *, cost=None,
+               threshold: float | None = None,
                rel_threshold: float = 1e-2, scores=None) -> np.ndarray:
     """SSL read-out: a channel survives when the L2 norm of its filter is at least ``threshold``
     (absolute) or, by default, ``rel_threshold`` times the largest filter norm in the model;
-    groups keep at least their floor, and the vector is projected into ``macs``."""
+    groups keep at least their floor, and the vector is projected into ``limit``."""
     from .criteria.group_lasso import GroupLassoNorm
 
-    _check_budget(space, macs)
+    view = _check_budget(space, limit, cost)
     norms = scores if scores is not None else GroupLassoNorm(normalize=False).scores(model, space)
     norms = [np.asarray(n, dtype=np.float64) for n in norms]
     if threshold is None:
         threshold = rel_threshold * max(float(n.max()) for n in norms if len(n))
     alive = np.array([int((n >= threshold).sum()) for n in norms])
     widths = _ceil_to_grid(space, np.maximum(alive, space.lower))
-    return space.project(widths, macs)
+    return space.project(widths, limit, cost=view)
 
 
 # ------------------------------------------------------------------ published presets
@@ -258,9 +262,9 @@ def _preset_widths(space: WidthSpace, rates: np.ndarray, rounding: str, scale: f
     return _ceil_to_grid(space, np.clip(keep, space.lower, space.upper))
 
 
-def preset_widths(name: str, model: nn.Module, space: WidthSpace, macs: float, *,
+def preset_widths(name: str, model: nn.Module, space: WidthSpace, limit: float, *, cost=None,
                   fit: str = "scale") -> np.ndarray:
-    """Preset ``name`` on this space within ``macs``.
+    """Preset ``name`` on this space within ``limit``.
 
     ``fit="scale"`` multiplies every published rate by one factor t (t = 1 is the paper's
     architecture, floors respected) and bisects t to the least pruning that fits, so the preset's
@@ -269,23 +273,23 @@ def preset_widths(name: str, model: nn.Module, space: WidthSpace, macs: float, *
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-    _check_budget(space, macs)
+    view = _check_budget(space, limit, cost)
     preset = PRESETS[name]
     rates = preset_rates(name, model, space)
     published = _preset_widths(space, rates, preset.rounding, 1.0)
     if fit == "project" or not rates.any():
-        return space.project(published, macs)
+        return space.project(published, limit, cost=view)
     if fit != "scale":
         raise ValueError(f"fit must be 'scale' or 'project', got {fit!r}")
     top = 1.0 / rates[rates > 0].min()  # every rated group at its floor
-    if space.macs(_preset_widths(space, rates, preset.rounding, top)) > macs:
-        return space.project(_preset_widths(space, rates, preset.rounding, top), macs)
-    lo, hi = 0.0, top  # macs(widths(hi)) fits; find the smallest factor that fits
-    if space.macs(_preset_widths(space, rates, preset.rounding, lo)) <= macs:
+    if view.cost(_preset_widths(space, rates, preset.rounding, top)) > limit:
+        return space.project(_preset_widths(space, rates, preset.rounding, top), limit, cost=view)
+    lo, hi = 0.0, top  # cost(widths(hi)) fits; find the smallest factor that fits
+    if view.cost(_preset_widths(space, rates, preset.rounding, lo)) <= limit:
         return _preset_widths(space, rates, preset.rounding, lo)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        if space.macs(_preset_widths(space, rates, preset.rounding, mid)) <= macs:
+        if view.cost(_preset_widths(space, rates, preset.rounding, mid)) <= limit:
             hi = mid
         else:
             lo = mid
@@ -300,28 +304,29 @@ def names() -> list[str]:
     return ["uniform", "global", "ssl", *sorted(PRESETS)]
 
 
-def propose(name: str, model: nn.Module, space: WidthSpace, *, macs: float, criterion=None,
-            batches=None, **params) -> np.ndarray:
-    """Width vector (int64, on the grid) of proposal ``name`` with ``space.macs(w) <= macs``.
+def propose(name: str, model: nn.Module, space: WidthSpace, *, limit: float, cost=None,
+            criterion=None, batches=None, **params) -> np.ndarray:
+    """Width vector (int64, on the grid) of proposal ``name`` with ``cost(w) <= limit``
+    (``cost``: a cost view of :mod:`structsearch.budget`, MACs by default).
 
     ``criterion`` (a name or criterion object) and ``batches`` matter to ``global`` only;
     ``params`` go to the proposal: ``global``: ``scores`` (precomputed, e.g. from the score
     cache), ``normalize`` ('max' | 'none'); ``ssl``: ``threshold``, ``rel_threshold``,
     ``scores``; presets: ``fit`` ('scale' | 'project'). Raises ``WidthError`` when even the
-    smallest network exceeds ``macs``.
+    smallest network exceeds ``limit``.
     """
     if name == "uniform":
         _no_params(name, params)
-        return uniform_widths(space, macs)
+        return uniform_widths(space, limit, cost=cost)
     if name == "global":
         scores = _scores_for(criterion, model, space, batches, params.pop("scores", None), "l1")
         normalize = params.pop("normalize", "max")
         _no_params(name, params)
-        return threshold_widths(space, scores, macs, normalize=normalize)
+        return threshold_widths(space, scores, limit, cost=cost, normalize=normalize)
     if name == "ssl":
-        return ssl_widths(model, space, macs, **params)
+        return ssl_widths(model, space, limit, cost=cost, **params)
     if name in PRESETS:
-        return preset_widths(name, model, space, macs, **params)
+        return preset_widths(name, model, space, limit, cost=cost, **params)
     raise KeyError(f"unknown proposal {name!r}; choose one of {', '.join(names())}")
 
 

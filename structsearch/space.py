@@ -73,8 +73,6 @@ def _grid(width: int, min_ratio: float, round_to: int) -> np.ndarray:
 class WidthSpace:
     """The prunable groups of a model and the exact cost of any width vector over them."""
 
-    cost_unit = "MACs"  # what ``macs`` returns; cost views (parameters, latency) say theirs
-
     groups: list[Group]
     input_shape: tuple[int, ...]
     round_to: int = 1
@@ -164,15 +162,23 @@ class WidthSpace:
         """Same fraction ``ratio`` in (0, 1] of every group's full width, snapped to the grid."""
         return self.snap([ratio * g.width for g in self.groups])
 
-    def max_uniform_ratio(self, max_macs: float, *, tol: float = 1e-6) -> float:
-        """Largest ratio r in [0, 1] with ``macs(uniform(r)) <= max_macs`` (bisection; the cost
-        grows with r)."""
-        if self.macs(self.uniform(1.0)) <= max_macs:
+    def _view(self, view):
+        """A cost view (:mod:`structsearch.budget`); MACs by default."""
+        if view is not None:
+            return view
+        from .budget import MacsCost
+        return MacsCost(self)
+
+    def max_uniform_ratio(self, limit: float, *, tol: float = 1e-6, cost=None) -> float:
+        """Largest ratio r in [0, 1] with ``cost(uniform(r)) <= limit`` (bisection; the cost
+        grows with r). ``cost`` is a cost view (default MACs) and ``limit`` is in its unit."""
+        cost = self._view(cost).cost
+        if cost(self.uniform(1.0)) <= limit:
             return 1.0
         lo, hi = 0.0, 1.0
         while hi - lo > tol:
             mid = 0.5 * (lo + hi)
-            if self.macs(self.uniform(mid)) <= max_macs:
+            if cost(self.uniform(mid)) <= limit:
                 lo = mid
             else:
                 hi = mid
@@ -201,44 +207,46 @@ class WidthSpace:
                                  f"grid (multiples of {self.round_to}, or the full width {grid[-1]})")
         return w
 
-    def sample(self, rng: np.random.Generator, n: int, macs_range=None) -> np.ndarray:
-        """``n`` random width vectors on the grid; with ``macs_range=(lo, hi)`` all have MACs in
-        that range (over-budget draws are projected, too-small ones redrawn)."""
-        out = []
-        if macs_range is None:
+    def sample(self, rng: np.random.Generator, n: int, cost_range=None, *, cost=None) -> np.ndarray:
+        """``n`` random width vectors on the grid; with ``cost_range=(lo, hi)`` all cost between
+        ``lo`` and ``hi`` under the cost view ``cost`` (default MACs): over-budget draws are
+        projected, too-small ones grown."""
+        if cost_range is None:
             return self._draw(rng, n)
-        lo, hi = macs_range
+        view = self._view(cost)
+        full, floor, unit = view.full, view.floor, view.unit
+        lo, hi = cost_range
         lo = 0 if lo is None else lo
-        hi = self.full_macs if hi is None else hi
-        if hi < self.min_macs:
-            raise WidthError(f"{self.cost_unit} upper bound {hi:.4g} is below the smallest network "
-                             f"({self.min_macs:.4g} {self.cost_unit})")
-        if lo > min(hi, self.full_macs):
-            raise WidthError(f"{self.cost_unit} range [{lo:.4g}, {hi:.4g}] is empty or above the full "
-                             f"network ({self.full_macs:.4g} {self.cost_unit})")
+        hi = full if hi is None else hi
+        if hi < floor:
+            raise WidthError(f"{unit} upper bound {hi:.4g} is below the smallest network "
+                             f"({floor:.4g} {unit})")
+        if lo > min(hi, full):
+            raise WidthError(f"{unit} range [{lo:.4g}, {hi:.4g}] is empty or above the full "
+                             f"network ({full:.4g} {unit})")
+        out = []
         for _ in range(200):
             draws = self._draw(rng, max(n, 16))
-            macs = self.macs(draws)
-            for w, m in zip(draws, macs):
+            for w, m in zip(draws, view.cost(draws)):
                 if m < lo:
-                    w, m = self._grow(rng, w, lo)
+                    w, m = self._grow(rng, w, lo, view.cost)
                 if m > hi:
-                    w = self.project(w, hi)
-                    m = self.macs(w)
+                    w = self.project(w, hi, cost=view)
+                    m = view.cost(w)
                 if m >= lo:
                     out.append(w)
                     if len(out) == n:
                         return np.stack(out)
-        raise WidthError(f"could not sample widths with {self.cost_unit} in [{lo:.4g}, {hi:.4g}]; "
+        raise WidthError(f"could not sample widths with {unit} in [{lo:.4g}, {hi:.4g}]; "
                          f"widen the range")
 
-    def _grow(self, rng: np.random.Generator, widths: np.ndarray, lo: float):
-        """Widen random groups by random grid steps until the MACs reach ``lo`` (a uniform draw
+    def _grow(self, rng: np.random.Generator, widths: np.ndarray, lo: float, cost):
+        """Widen random groups by random grid steps until the cost reaches ``lo`` (a uniform draw
         rarely lands near a budget close to the full network)."""
         w = np.array(widths, dtype=np.int64)
         pos = np.array([np.searchsorted(grid, v) for grid, v in zip(self._grids, w)])
         tops = np.array([len(grid) - 1 for grid in self._grids])
-        m = self.macs(w)
+        m = cost(w)
         while m < lo:
             open_groups = np.nonzero(pos < tops)[0]
             if len(open_groups) == 0:
@@ -246,53 +254,62 @@ class WidthSpace:
             g = int(rng.choice(open_groups))
             pos[g] = int(rng.integers(pos[g] + 1, tops[g] + 1))
             w[g] = self._grids[g][pos[g]]
-            m = self.macs(w)
+            m = cost(w)
         return w, m
 
     def _draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         cols = [grid[rng.integers(0, len(grid), size=n)] for grid in self._grids]
         return np.stack(cols, axis=1).astype(np.int64)
 
-    def project(self, widths, max_macs: float) -> np.ndarray:
-        """Repair an over-budget vector: repeatedly shrink the group that saves the most MACs per
+    def project(self, widths, limit: float, *, cost=None) -> np.ndarray:
+        """Repair an over-budget vector: repeatedly shrink the group that saves the most cost per
         channel removed, staying on the grid and above the floor. Returns a vector with
-        ``macs <= max_macs``; raises :class:`WidthError` if even the floor is above it."""
+        ``cost <= limit`` under the cost view ``cost`` (default MACs); raises
+        :class:`WidthError` if even the floor is above it."""
+        view = self._view(cost)
         w = self.snap(widths)
-        if self.macs(w) <= max_macs:
+        if view.cost(w) <= limit:
             return w
-        if self.min_macs > max_macs:
-            raise WidthError(f"budget {max_macs:.4g} {self.cost_unit} is below the smallest network in "
-                             f"the space ({self.min_macs:.4g} {self.cost_unit}); raise the budget or "
+        if view.floor > limit:
+            raise WidthError(f"budget {limit:.4g} {view.unit} is below the smallest network in "
+                             f"the space ({view.floor:.4g} {view.unit}); raise the budget or "
                              f"lower space.min_ratio")
         pos = np.array([np.searchsorted(grid, v) for grid, v in zip(self._grids, w)])
         while True:
-            current = self.macs(w)
-            excess = current - max_macs
-            if excess <= 0:
+            w, done = self._shrink_step(w, pos, limit, view.cost)
+            if done:
                 return w
-            movable = np.nonzero(pos > 0)[0]
-            trial = np.repeat(w[None, :], len(movable), axis=0)
-            lowered = np.array([self._grids[i][pos[i] - 1] for i in movable])
-            trial[np.arange(len(movable)), movable] = lowered
-            saved = current - self.macs(trial)
-            fits = np.nonzero(saved >= excess)[0]
-            if len(fits):
-                # One step suffices: take the one that lands closest under the budget, so the
-                # repaired vector keeps as much of the budget as a single step allows.
-                best = int(fits[np.argmin(saved[fits])])
-                w = w.copy()
-                w[movable[best]] = lowered[best]
-                return w
-            per_channel = saved / (w[movable] - lowered)
-            best = int(np.argmax(per_channel))
-            i = movable[best]
-            # Shrinking by one grid step at a time is exact but slow on wide layers; take as many
-            # steps as the excess needs (the saving per step only grows as w shrinks), capped at
-            # a tenth of the remaining grid so other groups get their turn.
-            steps = max(1, min(int(math.ceil(excess / max(saved[best], 1e-9))) - 1, pos[i] // 10))
-            pos[i] -= steps
-            w = w.copy()
-            w[i] = self._grids[i][pos[i]]
+
+    def _shrink_step(self, w: np.ndarray, pos: np.ndarray, limit: float, cost):
+        """One repair step of :meth:`project` (``pos``, the grid positions, moves in place);
+        returns the new vector and whether it is within ``limit``."""
+        current = cost(w)
+        excess = current - limit
+        if excess <= 0:
+            return w, True
+        movable = np.nonzero(pos > 0)[0]
+        trial = np.repeat(w[None, :], len(movable), axis=0)
+        lowered = np.array([self._grids[i][pos[i] - 1] for i in movable])
+        trial[np.arange(len(movable)), movable] = lowered
+        saved = current - cost(trial)
+        fits = np.nonzero(saved >= excess)[0]
+        w = w.copy()
+        if len(fits):
+            # One step suffices: take the one that lands closest under the budget, so the
+            # repaired vector keeps as much of the budget as a single step allows.
+            best = int(fits[np.argmin(saved[fits])])
+            w[movable[best]] = lowered[best]
+            return w, True
+        per_channel = saved / (w[movable] - lowered)
+        best = int(np.argmax(per_channel))
+        i = movable[best]
+        # Shrinking by one grid step at a time is exact but slow on wide layers; take as many
+        # steps as the excess needs (the saving per step only grows as w shrinks), capped at
+        # a tenth of the remaining grid so other groups get their turn.
+        steps = max(1, min(int(math.ceil(excess / max(saved[best], 1e-9))) - 1, pos[i] // 10))
+        pos[i] -= steps
+        w[i] = self._grids[i][pos[i]]
+        return w, False
 
     # ------------------------------------------------------------------ display
     def table(self, widths=None) -> str:
@@ -316,19 +333,3 @@ class WidthSpace:
         for name, why in self.skipped:
             rows.append(f"not searchable: {name} ({why})")
         return "\n".join(rows)
-
-
-class ParamsSpace(WidthSpace):
-    """The same groups and grid as ``space``, with the parameter count as the cost searchers
-    budget (``macs`` here returns parameters; ``real_macs`` the true MACs): ``budget.params``."""
-
-    cost_unit = "parameters"
-
-    def __init__(self, space: WidthSpace):
-        self.__dict__.update(space.__dict__)
-
-    def macs(self, widths):
-        return WidthSpace.params(self, widths)
-
-    def real_macs(self, widths):
-        return WidthSpace.macs(self, widths)

@@ -103,3 +103,15 @@ class GroupLasso:
 
     def after_backward(self, model: nn.Module) -> None:
         return None
+
+
+def regularizer(params: dict | None):
+    """The regulariser ``baseline.sparsity`` asks for (``kind: slimming | group_lasso`` plus its
+    parameters), or None."""
+    params = dict(params or {})
+    kind = params.pop("kind", None)
+    if kind is None:
+        return None
+    if "modules" in params:
+        params["modules"] = tuple(params["modules"])
+    return SlimmingL1(**params) if kind == "slimming" else GroupLasso(**params)

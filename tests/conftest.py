@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for every test that needs it."""
-    from structsearch.pipeline import init_ray
+    from structsearch.tuning import init_ray
     import ray
 
     init_ray(None)

@@ -39,7 +39,7 @@ def run_batches(core, space, fitness=smooth, reverse=False):
 
 
 def test_phases_in_order_with_counts(space):
-    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=0,
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=10_000, seed=0,
                                food_number=6, food_limit=2, max_cycle=4)
     run_batches(core, space)
     log = core.phase_log
@@ -54,14 +54,14 @@ def test_phases_in_order_with_counts(space):
 
 
 def test_scout_only_when_trail_reaches_limit(space):
-    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=1,
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=10_000, seed=1,
                                food_number=4, food_limit=1000, max_cycle=3)
     run_batches(core, space)
     assert not any(p == "scout" for _, p, _ in core.phase_log)
 
 
 def test_greedy_keeps_the_better_source(space):
-    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=2,
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=10_000, seed=2,
                                food_number=5, max_cycle=1)
     seen_fitness = []
     while True:
@@ -78,7 +78,7 @@ def test_greedy_keeps_the_better_source(space):
 
 
 def test_last_dimension_and_top_level_reachable(space):
-    core = ArtificialBeeColony(space, max_macs=space.full_macs, num_candidates=10_000, seed=3,
+    core = ArtificialBeeColony(space, limit=space.full_macs, num_candidates=10_000, seed=3,
                                food_number=8, max_cycle=6)
     props = [p for batch in run_batches(core, space) for p in batch]
     last = {p.widths[-1] for p in props}
@@ -90,7 +90,7 @@ def test_last_dimension_and_top_level_reachable(space):
 
 def test_suggestions_within_budget_and_on_grid(space):
     budget = 0.4 * space.full_macs
-    core = ArtificialBeeColony(space, max_macs=budget, num_candidates=200, seed=4, food_number=5, max_cycle=5)
+    core = ArtificialBeeColony(space, limit=budget, num_candidates=200, seed=4, food_number=5, max_cycle=5)
     for batch in run_batches(core, space):
         for p in batch:
             space.validate(p.widths)
@@ -98,14 +98,14 @@ def test_suggestions_within_budget_and_on_grid(space):
 
 
 def test_duplicates_reuse_fitness(space):
-    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=10_000, seed=5,
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=10_000, seed=5,
                                food_number=4, max_cycle=8)
     props = [p for batch in run_batches(core, space) for p in batch]
     assert len({p.widths for p in props}) == len(props)
 
 
 def test_phase_batch_waits_for_results(space):
-    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=100, seed=6, food_number=4)
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=100, seed=6, food_number=4)
     first = [core.ask() for _ in range(4)]
     assert all(p is not None and p != FINISHED for p in first)
     assert core.ask() is None  # the employed phase needs every initial fitness first
@@ -115,7 +115,7 @@ def test_phase_batch_waits_for_results(space):
 
 
 def test_save_restore_mid_phase_identical(space):
-    kwargs = dict(max_macs=0.5 * space.full_macs, num_candidates=60, food_number=4, max_cycle=5)
+    kwargs = dict(limit=0.5 * space.full_macs, num_candidates=60, food_number=4, max_cycle=5)
     ref = ArtificialBeeColony(space, seed=7, **kwargs)
     pending = [ref.ask() for _ in range(4)]
     for p in pending[:2]:
@@ -134,7 +134,7 @@ def test_save_restore_mid_phase_identical(space):
 
 def test_seeded_initial_sources(space):
     seed_w = list(space.uniform(0.6))
-    core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=100, seed=8,
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=100, seed=8,
                                food_number=4, initial=[{"origin": "uniform", "widths": seed_w}])
     first = core.ask()
     assert first.origin == "seed:uniform"
@@ -154,10 +154,10 @@ def test_abc_beats_random_on_smooth_objective(space):
 
     abc_best, rnd_best = [], []
     for seed in range(5):
-        abc = ArtificialBeeColony(space, max_macs=budget, num_candidates=150, seed=seed, food_number=6,
+        abc = ArtificialBeeColony(space, limit=budget, num_candidates=150, seed=seed, food_number=6,
                                   max_cycle=100)
         run_batches(abc, space, peaked)
-        rnd = searchers.build("random", space, max_macs=budget, num_candidates=abc.asked, seed=seed)
+        rnd = searchers.build("random", space, limit=budget, num_candidates=abc.asked, seed=seed)
         run_batches(rnd, space, peaked)
         abc_best.append(abc.best[1])
         rnd_best.append(rnd.best[1])
@@ -169,7 +169,7 @@ def test_abc_beats_random_on_smooth_objective(space):
 def test_result_arrival_order_does_not_change_the_colony(space):
     """Parallel trials finish in any order; the proposals must only depend on the seed."""
     def run(reverse):
-        core = ArtificialBeeColony(space, max_macs=0.5 * space.full_macs, num_candidates=80, seed=11,
+        core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=80, seed=11,
                                    food_number=5, food_limit=2, max_cycle=6)
         return [p.widths for batch in run_batches(core, space, reverse=reverse) for p in batch]
     assert run(False) == run(True)
@@ -178,7 +178,7 @@ def test_result_arrival_order_does_not_change_the_colony(space):
 def test_budget_below_the_ten_percent_code_stays_feasible():
     space = WidthSpace.from_model(models.build("cifar_resnet20"), (3, 32, 32), min_ratio=0.05)
     budget = 1.02 * space.min_macs  # below every 10%-code network, above the 5% floor
-    core = ArtificialBeeColony(space, max_macs=budget, num_candidates=30, seed=0, food_number=4)
+    core = ArtificialBeeColony(space, limit=budget, num_candidates=30, seed=0, food_number=4)
     for batch in run_batches(core, space):
         for p in batch:
             assert space.macs(p.widths) <= budget

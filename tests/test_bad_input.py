@@ -191,12 +191,37 @@ def test_resume_missing_dir(tmp_path):
 def test_resume_with_corrupt_journal(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(BASE))
-    journal = tmp_path / "run" / "tune" / "search_journal.pkl"
+    journal = tmp_path / "run" / "tune" / "search_journal.json"
     journal.parent.mkdir(parents=True)
-    journal.write_bytes(b"\x80\x05 torn")
+    journal.write_bytes(b"{torn")
     res = cli("search", path, "--out", tmp_path / "run", "--resume")
-    assert_clean_failure(res, ["search_journal.pkl", "unreadable", "delete it"])
-    assert journal.read_bytes() == b"\x80\x05 torn", "the file is left for the user to inspect"
+    assert_clean_failure(res, ["search_journal.json", "unreadable", "delete it"])
+    assert journal.read_bytes() == b"{torn", "the file is left for the user to inspect"
+
+
+class _Planted:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_refuses_a_planted_pickle_journal(tmp_path):
+    """A journal that would run code if unpickled: --resume refuses it in one line, before
+    Ray starts, and the code never runs."""
+    import pickle
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    planted = tmp_path / "run" / "tune" / "search_journal.pkl"
+    planted.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    planted.write_bytes(pickle.dumps({"version": 1, "core": _Planted(marker)}))
+    res = cli("search", path, "--out", tmp_path / "run", "--resume")
+    assert_clean_failure(res, ["search_journal.pkl", "pickled", "never unpickles", "delete it"])
+    assert not marker.exists(), "resume must not unpickle the planted journal"
 
 
 def test_resume_of_trials_without_journal_refused(tmp_path):

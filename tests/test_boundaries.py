@@ -5,8 +5,11 @@ Each check runs in a fresh interpreter, since this test process has torch loaded
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NO_TORCH = ("import sys; assert 'torch' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith('torch'))")
@@ -55,3 +58,47 @@ def test_space_queries_run_without_torch():
     """) + NO_TORCH
     result = run_python(code)
     assert result.returncode == 0, result.stderr
+
+
+# Where a searcher's name is also another registry's word (a criterion, a seed proposal): the
+# string means that, not the searcher. Everything else outside searchers/ must not name one.
+_OTHER_VOCABULARY = {
+    ("structsearch/needs.py", "random"): "the random criterion gets the run's seed",
+    ("structsearch/needs.py", "uniform"): "the uniform seed proposal",
+    ("structsearch/seeds.py", "uniform"): "the uniform seed proposal",
+    ("structsearch/criteria/__init__.py", "random"): "the random criterion's registry name",
+    ("structsearch/criteria/random.py", "random"): "the random criterion's name",
+}
+
+
+def _string_literals(path):
+    """(line, text) of every string constant in ``path`` except docstrings."""
+    import ast
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_no_searcher_name_outside_searchers():
+    """The registry is the one list of searcher names: structsearch/ and trainables/ read it
+    (and the searchers' declarations), never a name."""
+    import re
+
+    import searchers
+    names = searchers.names()
+    found = []
+    for folder in ("structsearch", "trainables"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            for line, text in _string_literals(path):
+                for name in names:
+                    # The whole string, a composite part, or a quoted-word prefix ("abc:...").
+                    if re.search(rf"(^|[+\s'\"]){re.escape(name)}($|[+:\s'\"])", text) \
+                            and (rel, name) not in _OTHER_VOCABULARY:
+                        found.append(f"{rel}:{line}: {text!r}")
+    assert not found, "searcher names outside searchers/:\n" + "\n".join(found)

@@ -75,11 +75,14 @@ def test_yaml_exponent_without_sign_is_a_float(tmp_path):
 def test_shared_storage_keys_and_uris(tmp_path):
     from types import SimpleNamespace
 
-    from structsearch.pipeline import tune_storage
+    from structsearch.rundir import tune_storage as storage_of
 
     def prepared(run_dir, storage):
         cfg = C.from_dict({"budget": {"macs_ratio": 0.5}, "search": {"storage_path": storage}})
         return SimpleNamespace(cfg=cfg, run_dir=run_dir)
+
+    def tune_storage(p):
+        return storage_of(p.cfg, p.run_dir)
 
     a = tune_storage(prepared(tmp_path / "a" / "run1", "s3://bucket/prefix/"))
     b = tune_storage(prepared(tmp_path / "b" / "run1", "s3://bucket/prefix/"))

@@ -300,7 +300,7 @@ def drive(core, n_max=100):
 def test_sampler_contract(resnet):
     space = resnet[1]
     budget = 0.5 * space.full_macs
-    make = lambda seed: DMCPSampler(space, max_macs=budget, num_candidates=12, seed=seed,
+    make = lambda seed: DMCPSampler(space, limit=budget, num_candidates=12, seed=seed,
                                     chains=chains_for(space))
     proposals = drive(make(0))
     assert len(proposals) == 12 and drive(make(0)) == proposals
@@ -328,11 +328,11 @@ def test_sampler_finishes_when_chains_are_exhausted(resnet):
     chains = chains_for(space)
     for g in chains["groups"]:  # deterministic chains: a single architecture
         g["p"] = [1.0] * len(g["p"])
-    core = DMCPSampler(space, max_macs=space.full_macs, num_candidates=5, chains=chains, max_draws=512)
+    core = DMCPSampler(space, limit=space.full_macs, num_candidates=5, chains=chains, max_draws=512)
     proposals = drive(core)
     assert [p.widths for p in proposals] == [tuple(space.full_widths)]
     with pytest.raises(ValueError):
-        DMCPSampler(space, max_macs=space.full_macs, num_candidates=5, probs=[[0.5]], chain_widths=[[1, 2]])
+        DMCPSampler(space, limit=space.full_macs, num_candidates=5, probs=[[0.5]], chain_widths=[[1, 2]])
 
 
 # ------------------------------------------------------------------------------ trainable
@@ -354,7 +354,7 @@ def test_trainable_reports_epochs_and_exports_chains(monkeypatch, tmp_path):
         files = {}
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
-                files = {name: (tmp_path / name) for name in ("dmcp.json", "supernet.pt")}
+                files = {name: (tmp_path / name) for name in ("chains.json", "supernet.pt")}
                 for name, dest in files.items():
                     dest.write_bytes((__import__("pathlib").Path(d) / name).read_bytes())
         reports.append((metrics, files))
@@ -368,11 +368,11 @@ def test_trainable_reports_epochs_and_exports_chains(monkeypatch, tmp_path):
     for key in ("expected_macs", "expected_macs_ratio", "val_acc"):
         assert all(isinstance(m[key], float) for m, _ in reports)
     final, files = reports[-1]
-    assert set(files) == {"dmcp.json", "supernet.pt"}
-    assert json.loads(files["dmcp.json"].read_text()) == json.loads(json.dumps(final["dmcp"]))
-    from_metrics = drive(DMCPSampler(space, max_macs=target, num_candidates=3, chains=final["dmcp"]))
-    from_file = drive(DMCPSampler(space, max_macs=target, num_candidates=3, chains=tmp_path))
+    assert set(files) == {"chains.json", "supernet.pt"}
+    assert json.loads(files["chains.json"].read_text()) == json.loads(json.dumps(final["chains"]))
+    from_metrics = drive(DMCPSampler(space, limit=target, num_candidates=3, chains=final["chains"]))
+    from_file = drive(DMCPSampler(space, limit=target, num_candidates=3, chains=tmp_path))
     assert from_metrics == from_file and from_metrics[0].origin == "dmcp:es"
-    es = final["dmcp"]["es_widths"]
+    es = final["chains"]["es_widths"]
     if space.macs(es) <= target:  # the ES point is proposed as is when it fits the budget
         assert from_metrics[0].widths == tuple(es)

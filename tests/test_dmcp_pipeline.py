@@ -13,7 +13,7 @@ def test_dmcp_search_end_to_end(tmp_path, ray_local):
         search={"searcher": "dmcp", "params": {"dmcp": {"epochs": 4, "lr_weights": 0.05, "lr_arch": 0.2}}},
         final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["B"]}))
     run = run_search(cfg, out=str(tmp_path / "run"))
-    chains = json.loads((run / "dmcp" / "dmcp.json").read_text())
+    chains = json.loads((run / "supernet" / "chains.json").read_text())
     assert len(chains["groups"]) == 4
     rows = read_candidates(run / "candidates.csv")
     origins = [r["origin"] for r in rows]

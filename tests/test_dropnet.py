@@ -1,5 +1,4 @@
 """DropNet's schedule: explicit channels, re-scoring from each trained step, reset to initial weights."""
-import json
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ def small():
 def _core(space, **kw):
     rng = np.random.default_rng(0)
     scores = [rng.random(g.width) for g in space.groups]
-    kw.setdefault("max_macs", space.full_macs)
+    kw.setdefault("limit", space.full_macs)
     return DropNetSchedule(space, num_candidates=10, scores=scores, seed=0, **kw), scores
 
 
@@ -43,7 +42,7 @@ def test_steps_keep_subsets_and_drop_the_lowest_reported_channels(small):
     # and group 0's channels strong, so the global drop must take group 1's first channels.
     reported = [np.full(len(k), 10.0) + np.arange(len(k)) for k in keep0]
     reported[1][:3] = [0.01, 0.02, 0.03]
-    core.tell(first.token, 0.9, {"channel_scores": json.dumps([r.tolist() for r in reported])})
+    core.tell(first.token, 0.9, {"channel_scores": [v for r in reported for v in r.tolist()]})
     second = core.ask()
     keep1 = [np.array(k) for k in second.options["keep"]]
     total = sum(len(k) for k in keep0)
@@ -164,8 +163,8 @@ def test_unusable_channel_scores_fall_back_and_a_failing_first_step_is_retried_t
     _, space = small
     core, _ = _core(space)
     p = core.ask()
-    core.tell(p.token, 0.9, {"channel_scores": json.dumps([[1.0]])})  # wrong shape
-    core.tell(core.ask().token, 0.85, {"channel_scores": "not json"})
+    core.tell(p.token, 0.9, {"channel_scores": [1.0]})  # wrong length
+    core.tell(core.ask().token, 0.85, {"channel_scores": "not a list"})
     assert core.unscored == 2
     assert core.ask() is not None
 

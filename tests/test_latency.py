@@ -9,7 +9,8 @@ import searchers
 from minis import digits_run
 from structsearch import config as C
 from structsearch import models
-from structsearch.latency import LatencySpace, LatencyTable
+from structsearch.budget import LatencyCost
+from structsearch.latency import LatencyTable
 from structsearch.report import read_candidates
 from structsearch.space import WidthSpace
 
@@ -53,11 +54,11 @@ def test_json_round_trip(measured, tmp_path):
 
 def test_searchers_respect_a_latency_budget(measured):
     _, space, table = measured
-    lspace = LatencySpace(space, table)
-    budget = 0.5 * (table.full_ms + lspace.min_macs)
-    assert lspace.real_macs(space.full_widths) == space.full_macs
+    view = LatencyCost(space, table)
+    budget = 0.5 * (table.full_ms + view.floor)
+    assert view.full == pytest.approx(table.full_ms) and view.kind == "latency"
     for name in ("random", "uniform", "abc"):
-        core = searchers.build(name, lspace, max_macs=budget, num_candidates=8, seed=0)
+        core = searchers.build(name, space, limit=budget, view=view, num_candidates=8, seed=0)
         while True:
             p = core.ask()
             if p is None or p == searchers.FINISHED:

@@ -104,8 +104,8 @@ def test_report_and_export_commands(mini_run, tmp_path):
 
 
 def test_refuses_non_empty_run_dir(mini_run):
-    from structsearch.pipeline import RunDirError, prepare_run_dir
+    from structsearch.rundir import RunDirError, open_run_dir
 
     _, run = mini_run
     with pytest.raises(RunDirError, match="--resume"):
-        prepare_run_dir(str(run), None, resume=False)
+        open_run_dir(str(run), None, resume=False)

@@ -27,7 +27,7 @@ def test_abc_with_seeds_and_random_control(tmp_path, ray_local):
 
 
 def test_dropnet_rescores_each_trained_step_and_keeps_subsets(tmp_path, ray_local):
-    import pickle
+    from structsearch import plain
 
     from structsearch.pipeline import run_search
 
@@ -43,6 +43,6 @@ def test_dropnet_rescores_each_trained_step_and_keeps_subsets(tmp_path, ray_loca
     # The searcher's saved state: every step was re-scored from its own trained activations.
     states = sorted(run.rglob("searcher-state-*.pkl"))
     assert states, "Tune saves the searcher's state in the run directory"
-    core = pickle.loads(states[-1].read_bytes())["core"]
+    core = plain.decode(json.loads(states[-1].read_text()))["core"]  # JSON, never a pickle
     assert core["unscored"] == 0
     assert [len(k) for k in core["kept"]] == rows[-1]["widths"], "the last step's own channels"

@@ -59,12 +59,13 @@ def test_every_candidate_failing_stops_without_winner(tmp_path, ray_local):
 def test_journal_write_failure_stops_cleanly(tmp_path, ray_local, monkeypatch):
     """A journal that cannot be written (disk full) fails no candidate and ends the search with
     one message naming the file; the results written before it are kept."""
+    import structsearch.journal as journal_mod
     import structsearch.pipeline as pipeline
     from structsearch.journal import JournalError
 
     data = json.loads(json.dumps(BASE))
     data["search"].update(candidates=4, concurrent=1)
-    real, writes = pipeline.save_journal, []
+    real, writes = journal_mod.save_journal, []
 
     def failing(path, journal):
         writes.append(len(journal.trials))
@@ -72,12 +73,12 @@ def test_journal_write_failure_stops_cleanly(tmp_path, ray_local, monkeypatch):
             raise OSError(28, "No space left on device")
         real(path, journal)
 
-    monkeypatch.setattr(pipeline, "save_journal", failing)
-    with pytest.raises(JournalError, match=r"search_journal\.pkl .*No space left.*--resume"):
+    monkeypatch.setattr(journal_mod, "save_journal", failing)
+    with pytest.raises(JournalError, match=r"search_journal\.json .*No space left.*--resume"):
         pipeline.run_search(C.from_dict(data), out=str(tmp_path / "run"))
     kept = load_journal(journal_path(tmp_path / "run"))
     assert writes[:4] == [0, 1, 2, 3], "written at the start and after each candidate"
-    assert len(kept.trials) == 2 and all(t["error"] is None for t in kept.trials)
+    assert len(kept.trials) == 2 and all(t["row"]["error"] == "" for t in kept.trials)
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
@@ -119,7 +120,6 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
-    import ray.train  # noqa: F401  (reading the journal unpickles Tune checkpoints: import it now)
 
     # 1. Kill the driver once a few candidates have finished, with others training (two at a
     #    time): the journal holds the finished ones and the configs still in flight.
@@ -128,7 +128,7 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     logs = [proc.stdout.read()]
     assert not (out / "summary.json").exists()
     journal = load_journal(journal_path(out))
-    kept = {t["metrics"]["trial_id"]: t["metrics"]["val_acc"] for t in journal.trials}
+    kept = {t["row"]["trial_id"]: t["row"]["val_acc"] for t in journal.trials}
     assert len(kept) >= 3
 
     # 2. Resume, and press Ctrl-C (SIGINT to the whole process group, as a terminal does) once
@@ -144,7 +144,7 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     assert "Tuner.restore" not in log, "no advice to resume with Tune's own API"
     assert not (out / "summary.json").exists() and not (out / "winner").exists()
     interrupted = load_journal(journal_path(out))
-    assert all(t["error"] is None for t in interrupted.trials), "Ctrl-C fails no candidate"
+    assert all(t["row"]["status"] == "ok" for t in interrupted.trials), "Ctrl-C fails no candidate"
     assert len(interrupted.trials) < N
 
     # 3. Resume with a slowed writer and kill it in the middle of writing candidates.csv.

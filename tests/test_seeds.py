@@ -39,7 +39,7 @@ def test_every_proposal_is_valid_and_in_budget(name, ratio):
     model, space = model_and_space(model_for(name))
     budget = ratio * space.full_macs
     batches = [(torch.randn(4, *space.input_shape), None)]
-    widths = seeds.propose(name, model, space, macs=budget, batches=batches)
+    widths = seeds.propose(name, model, space, limit=budget, batches=batches)
     assert widths.dtype == np.int64
     space.validate(widths)
     assert space.macs(widths) <= budget
@@ -62,16 +62,16 @@ LI_REDUCTION = {"li_vgg16_a": 0.342, "li_resnet56_a": 0.104, "li_resnet56_b": 0.
 @pytest.mark.parametrize("name", sorted(LI_REDUCTION))
 def test_li_presets_reproduce_the_published_macs_reduction(name):
     model, space = model_and_space(model_for(name))
-    widths = seeds.propose(name, model, space, macs=space.full_macs, fit="project")
+    widths = seeds.propose(name, model, space, limit=space.full_macs, fit="project")
     assert 1 - space.macs(widths) / space.full_macs == pytest.approx(LI_REDUCTION[name], abs=0.005)
 
 
 def test_li_vgg16_a_and_hrank_vgg16_widths():
     model, space = model_and_space("cifar_vgg16")
-    li = seeds.propose("li_vgg16_a", model, space, macs=space.full_macs, fit="project")
+    li = seeds.propose("li_vgg16_a", model, space, limit=space.full_macs, fit="project")
     assert li.tolist() == [32, 64, 128, 128, 256, 256, 256] + [256] * 6 + [512]
     # HRank keeps c - floor(rate * c); its 0.95 on conv 1 (3 of 64) stops at the 10% floor (7).
-    hrank = seeds.propose("hrank_vgg16", model, space, macs=space.full_macs, fit="project")
+    hrank = seeds.propose("hrank_vgg16", model, space, limit=space.full_macs, fit="project")
     assert hrank.tolist() == [7, 32, 64, 64, 128, 128, 128, 52, 52, 52, 52, 103, 103, 512]
 
 
@@ -92,15 +92,15 @@ def test_hrank_resnet56_maps_rates_onto_groups_by_conv_name():
 
 def test_presets_scale_to_the_budget_and_refuse_other_models():
     model, space = model_and_space("cifar_resnet56")
-    published = seeds.propose("li_resnet56_b", model, space, macs=space.full_macs, fit="project")
-    tighter = seeds.propose("li_resnet56_b", model, space, macs=0.5 * space.full_macs)
+    published = seeds.propose("li_resnet56_b", model, space, limit=space.full_macs, fit="project")
+    tighter = seeds.propose("li_resnet56_b", model, space, limit=0.5 * space.full_macs)
     # Scaling only moves the layers the preset prunes; the skipped ones stay whole.
     untouched = published == space.upper
     assert (tighter[untouched] == space.upper[untouched]).any()
     assert (tighter <= published).all() and space.macs(tighter) <= 0.5 * space.full_macs
     small, small_space = model_and_space("small_cnn")
     with pytest.raises(ValueError, match="ResNet-56"):
-        seeds.propose("li_resnet56_a", small, small_space, macs=small_space.full_macs)
+        seeds.propose("li_resnet56_a", small, small_space, limit=small_space.full_macs)
 
 
 @pytest.mark.parametrize("criterion", ["hrank", "activation", "group_lasso"])
@@ -109,7 +109,7 @@ def test_global_reads_out_any_criterion(criterion):
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randn(8, 1, 28, 28, generator=gen), None)]
     budget = 0.5 * space.full_macs
-    widths = seeds.propose("global", model, space, macs=budget, criterion=criterion,
+    widths = seeds.propose("global", model, space, limit=budget, criterion=criterion,
                            batches=batches)
     space.validate(widths)
     assert 0.95 * budget <= space.macs(widths) <= budget
@@ -118,7 +118,7 @@ def test_global_reads_out_any_criterion(criterion):
 def test_uniform_is_the_largest_ratio_in_budget():
     model, space = model_and_space("small_cnn")
     budget = 0.4 * space.full_macs
-    widths = seeds.propose("uniform", model, space, macs=budget)
+    widths = seeds.propose("uniform", model, space, limit=budget)
     ratio = widths / np.array(space.full_widths)
     assert ratio.max() - ratio.min() < 0.1  # one ratio, up to rounding
     assert space.macs(space.uniform(ratio.mean() + 0.05)) > budget
@@ -130,7 +130,7 @@ def test_ssl_removes_channels_with_zero_norm():
     model.load_state_dict(model_and_space("small_cnn")[0].state_dict())
     with torch.no_grad():
         model.features[0].weight[:20] = 0.0  # group 0: 20 of 32 filters died under SSL
-    widths = seeds.propose("ssl", model, space, macs=space.full_macs)
+    widths = seeds.propose("ssl", model, space, limit=space.full_macs)
     assert widths.tolist() == [12, 32, 64, 64]
 
 
@@ -138,9 +138,9 @@ def test_proposals_reject_impossible_budgets_and_unknown_names():
     model, space = model_and_space("small_cnn")
     for name in ("uniform", "global", "ssl", "hrank_vgg16"):
         with pytest.raises(WidthError, match="below the smallest network"):
-            seeds.propose(name, model, space, macs=0.5 * space.min_macs)
+            seeds.propose(name, model, space, limit=0.5 * space.min_macs)
     with pytest.raises(KeyError, match="choose one of"):
-        seeds.propose("nope", model, space, macs=space.full_macs)
+        seeds.propose("nope", model, space, limit=space.full_macs)
 
 
 def test_sensitivity_table_and_plot(tmp_path):

@@ -256,18 +256,18 @@ def test_sample_is_on_grid_seeded_and_respects_a_macs_range():
     for w in a:
         space.validate(w)
     lo, hi = 0.3 * space.full_macs, 0.5 * space.full_macs
-    ranged = space.sample(np.random.default_rng(4), 40, macs_range=(lo, hi))
+    ranged = space.sample(np.random.default_rng(4), 40, cost_range=(lo, hi))
     assert ranged.shape == (40, 30)
     m = space.macs(ranged)
     assert np.all((m >= lo) & (m <= hi))
     for w in ranged:
         space.validate(w)
-    below = space.sample(np.random.default_rng(5), 10, macs_range=(None, 0.2 * space.full_macs))
+    below = space.sample(np.random.default_rng(5), 10, cost_range=(None, 0.2 * space.full_macs))
     assert np.all(space.macs(below) <= 0.2 * space.full_macs)
     with pytest.raises(WidthError, match="below the smallest network"):
-        space.sample(np.random.default_rng(0), 5, macs_range=(0, 0.5 * space.min_macs))
+        space.sample(np.random.default_rng(0), 5, cost_range=(0, 0.5 * space.min_macs))
     with pytest.raises(WidthError, match="empty"):
-        space.sample(np.random.default_rng(0), 5, macs_range=(hi, lo))
+        space.sample(np.random.default_rng(0), 5, cost_range=(hi, lo))
 
 
 @pytest.mark.parametrize("name,size,round_to", [
@@ -300,16 +300,19 @@ def test_table_lists_groups_and_totals():
     assert "| 29 | layer3.8.conv1 | 3 | 32/64 | 7-64 |" in text
 
 
-def test_params_cost_view_budgets_parameters_and_keeps_true_macs_in_its_table():
-    from structsearch.space import ParamsSpace, WidthError
+def test_params_cost_view_budgets_parameters_and_macs_stay_macs():
+    from structsearch.budget import MacsCost, ParamsCost
+    from structsearch.space import WidthError
     model = models.build("small_cnn", num_classes=10, in_channels=1)
     space = WidthSpace.from_model(model, (1, 28, 28))
-    view = ParamsSpace(space)
+    view = ParamsCost(space)
     w = space.uniform(0.5)
-    assert view.macs(w) == space.params(w) and view.real_macs(w) == space.macs(w)
-    assert view.full_macs == sum(t.numel() for t in model.parameters())
-    projected = view.project(space.full_widths, 0.4 * view.full_macs)
-    assert space.params(projected) <= 0.4 * view.full_macs
-    assert view.table() == space.table(), "the table shows true MACs and params in any cost view"
+    assert view.cost(w) == space.params(w) and MacsCost(space).cost(w) == space.macs(w)
+    assert view.unit == "parameters" and view.kind == "params"
+    assert view.full == sum(t.numel() for t in model.parameters())
+    projected = space.project(space.full_widths, 0.4 * view.full, cost=view)
+    assert space.params(projected) <= 0.4 * view.full
+    batch = space.sample(np.random.default_rng(0), 5, (0.3 * view.full, 0.4 * view.full), cost=view)
+    assert all(0.3 * view.full <= space.params(b) <= 0.4 * view.full for b in batch)
     with pytest.raises(WidthError, match="parameters is below the smallest network"):
-        view.project(space.full_widths, 10)
+        space.project(space.full_widths, 10, cost=view)

@@ -3,15 +3,12 @@
 The baseline (with its trained weights) becomes a :class:`~structsearch.dmcp.DMCPSupernet`
 whose channel prefix follows the run's criterion scores, so the channels the chains keep first
 are the ones candidate trials inherit. Every epoch reports the expected MACs and the largest
-network's validation accuracy; the last report adds the exported chains under ``dmcp`` (what
-``searchers.dmcp.DMCPSampler(chains=...)`` takes) and a checkpoint holding ``dmcp.json`` and the
+network's validation accuracy; the last report adds the exported chains under ``chains`` (what
+``searchers.dmcp.DMCPSampler(chains=...)`` takes) and a checkpoint holding ``chains.json`` and the
 supernet's weights and alphas (``supernet.pt``).
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 
 import torch
@@ -20,9 +17,10 @@ from ray import tune
 from structsearch import models
 from structsearch.dmcp import DMCPSupernet, order_from_scores, train_supernet
 
+from .checkpoint import report_with_weights
 from .common import TrialSetup, cpu_threads, device_for_trial, load_splits
 
-EXPORT_FILE = "dmcp.json"
+EXPORT_FILE = "chains.json"
 WEIGHTS = "supernet.pt"
 
 
@@ -33,7 +31,7 @@ def dmcp_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict | No
 
     Reports per epoch: ``epoch``, ``expected_macs``, ``expected_macs_ratio`` (of the baseline),
     ``es_macs``, ``target_macs``, ``val_acc`` (largest network), ``train_loss``,
-    ``budget_loss``, ``seconds``; the final report adds ``dmcp`` (the export dict), ``es_widths``
+    ``budget_loss``, ``seconds``; the final report adds ``chains`` (the export dict), ``es_widths``
     and ``status``."""
     cpu_threads()
     start = time.perf_counter()
@@ -76,11 +74,6 @@ def dmcp_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict | No
                    budget_weight=float(config.get("budget_weight", 0.1)))
     export = supernet.export(target_macs=target)
     final = dict(reports[-1]) if reports else {"epoch": 0, "target_macs": target}
-    final.update(dmcp=export, es_widths=export["es_widths"], status="ok",
+    final.update(chains=export, es_widths=export["es_widths"], status="ok",
                  seconds=time.perf_counter() - start)
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, EXPORT_FILE), "w") as fh:
-            json.dump(export, fh)
-        state = {k: v.detach().cpu() for k, v in supernet.state_dict().items()}
-        torch.save(state, os.path.join(tmp, WEIGHTS))
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+    report_with_weights(final, supernet, weights_file=WEIGHTS, files={EXPORT_FILE: export})

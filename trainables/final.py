@@ -5,8 +5,6 @@ the test split."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import time
 
 import torch
@@ -14,16 +12,16 @@ from ray import tune
 
 from structsearch.train import TrainSpec, evaluate, train
 
+from .checkpoint import report_with_weights
 from .common import TrialSetup, build_pruned_model, cpu_threads, device_for_trial, load_splits
-
-WEIGHTS = "weights.pt"
 
 
 def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
-                    winner_state: dict | None) -> None:
-    """``config``: ``protocol``, ``widths``, ``epochs``, ``lr``, ``schedule``."""
+                    winner_state: dict | None, runs: dict) -> None:
+    """``config``: ``protocol``, one of ``runs`` (protocol -> ``widths``, ``epochs``, ``lr``,
+    ``schedule``, ``compile``)."""
     cpu_threads()
-    config = config.get("run", config)
+    config = runs[config["protocol"]]
     start = time.perf_counter()
     widths = [int(w) for w in config["widths"]]
     protocol = config["protocol"]
@@ -56,6 +54,4 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
              "test_acc": test["top1"], "test_loss": test["loss"], "epochs": spec.epochs,
              "lr": spec.lr, "seconds": time.perf_counter() - start,
              "train_loss": result.get("train_loss")}
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, os.path.join(tmp, WEIGHTS))
-        tune.report(final, checkpoint=tune.Checkpoint.from_directory(tmp))
+    report_with_weights(final, model)

@@ -1,0 +1,174 @@
+"""Everything a run needs that can fail on bad input, checked before Ray starts: the data, the
+model, its WidthSpace, the budget and its cost view, the searcher's parameters, the resources."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from . import criteria as criteria_mod
+from . import data as data_mod
+from . import models
+from .budget import Budget, BudgetError, CostView, LatencyCost, MacsCost, ParamsCost, resolve
+from .config import Config, ConfigError
+from .space import WidthSpace
+from .surgery import CheckpointError, load_weights
+
+
+def say(msg: str) -> None:
+    print(f"[structsearch] {msg}", flush=True)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A checked run: its config, directory, data, baseline model, space and budget."""
+
+    cfg: Config
+    run_dir: Path
+    splits: data_mod.Splits
+    data_spec: data_mod.DataSpec
+    model_kwargs: dict
+    model: torch.nn.Module
+    space: WidthSpace
+    budget: Budget
+    view: CostView  # the budget's cost: MACs, parameters or predicted latency
+    device: str
+
+
+def data_spec_of(cfg: Config) -> data_mod.DataSpec:
+    d = cfg.data
+    return data_mod.DataSpec(name=d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
+                             batch_size=d.batch_size, seed=cfg.seed, augment=d.augment)
+
+
+def load_data(cfg: Config) -> tuple[data_mod.DataSpec, data_mod.Splits]:
+    spec = data_spec_of(cfg)
+    if cfg.data.name not in data_mod.names():
+        raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}'; choose one of "
+                          f"{', '.join(data_mod.names())}")
+    return spec, data_mod.load(spec)
+
+
+def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, dict]:
+    kwargs = dict(cfg.model.kwargs)
+    kwargs["num_classes"] = cfg.model.num_classes or splits.num_classes
+    kwargs["in_channels"] = splits.input_shape[0]
+    if cfg.model.num_classes and cfg.model.num_classes != splits.num_classes:
+        raise ConfigError(f"model.num_classes: {cfg.model.num_classes} does not match the "
+                          f"{splits.num_classes} classes of {cfg.data.name}; remove the key")
+    torch.manual_seed(cfg.seed)  # the baseline's initial weights belong to the run's seed
+    try:
+        model = models.build(cfg.model.name, **kwargs)
+    except KeyError as exc:
+        raise ConfigError(f"model.name: {exc.args[0]}") from None
+    except TypeError as exc:
+        raise ConfigError(f"model.kwargs: {exc}") from None
+    return model, kwargs
+
+
+def budget_target(cfg: Config, view: CostView) -> tuple[float, str]:
+    """The configured budget in ``view``'s unit and the config key it came from."""
+    b = cfg.budget
+    if b.params is not None:
+        return float(b.params), "budget.params"
+    if b.latency_ms is not None:
+        return float(b.latency_ms), "budget.latency_ms"
+    if b.macs is not None:
+        return float(b.macs), "budget.macs"
+    return b.macs_ratio * view.full, "budget.macs_ratio"
+
+
+def cost_view(cfg: Config, space: WidthSpace, model, run_dir: Path) -> CostView:
+    """The view the budget is measured in."""
+    if cfg.budget.latency_ms is not None:
+        return latency_view(space, model, cfg, run_dir)
+    if cfg.budget.params is not None:
+        return ParamsCost(space)
+    return MacsCost(space)
+
+
+def latency_view(space: WidthSpace, model, cfg: Config, run_dir: Path) -> LatencyCost:
+    """A latency cost view of ``space``; the table is measured once on the search device (the
+    device candidates train on) and kept in RUN_DIR/latency.json (reused on --resume)."""
+    from .latency import LatencyTable
+    # The device the candidates train on: a GPU only when trials ask for one.
+    device = "cuda" if cfg.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    file = run_dir / "latency.json"
+    table = LatencyTable.load(file) if file.is_file() else None
+    if table is not None and (len(table.widths) != len(space) or table.device != device):
+        table = None
+    view = LatencyCost(space, table)
+    view.fresh_table = table is None  # prepare() saves a new table once the input is known good
+    if table is None:
+        say(f"latency: measuring {len(space)} groups on {device} (batch {cfg.budget.latency_batch_size})")
+        view.table = LatencyTable.measure(model, space, device=device,
+                                          batch_size=cfg.budget.latency_batch_size)
+    return view
+
+
+def trace_space(cfg: Config, model, splits, kwargs: dict) -> WidthSpace:
+    sp = cfg.space
+    space = WidthSpace.from_model(model, splits.input_shape, ignore=sp.ignore, round_to=sp.round_to,
+                                  min_ratio=sp.min_ratio, model_name=cfg.model.name, model_kwargs=kwargs)
+    if len(space) == 0:
+        raise ConfigError(f"model.name: {cfg.model.name} has no searchable channel groups "
+                          f"(space.ignore: {list(sp.ignore)})")
+    return space
+
+
+def prepare(cfg: Config, run_dir: Path) -> Prepared:
+    """Everything that can fail on bad input, checked before Ray starts."""
+    import searchers
+    if cfg.search.criterion not in criteria_mod.names():
+        raise ConfigError(f"search.criterion: unknown criterion '{cfg.search.criterion}'; choose "
+                          f"one of {', '.join(criteria_mod.names())}")
+    if cfg.model.checkpoint and not Path(cfg.model.checkpoint).expanduser().is_file():
+        raise ConfigError(f"model.checkpoint: file not found: {Path(cfg.model.checkpoint).expanduser()}")
+    kinds = searchers.budget_kinds(cfg.search.searcher)
+    for key, kind in (("latency_ms", "latency"), ("params", "params")):
+        if getattr(cfg.budget, key) is not None and kind not in kinds:
+            raise ConfigError(f"budget.{key}: the {cfg.search.searcher} searcher works under "
+                              f"{' or '.join(kinds)} budgets only; use budget.macs_ratio")
+    spec, splits = load_data(cfg)
+    model, kwargs = build_model(cfg, splits)
+    space = trace_space(cfg, model, splits, kwargs)
+    view = cost_view(cfg, space, model, run_dir)
+    target, key = budget_target(cfg, view)
+    try:
+        budget = resolve(view, target=target, key=key)
+    except BudgetError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.model.checkpoint:
+        try:
+            load_weights(model, Path(cfg.model.checkpoint).expanduser())
+        except CheckpointError as exc:
+            raise ConfigError(f"model.checkpoint: {exc}") from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prepared = Prepared(cfg, run_dir, splits, spec, kwargs, model, space, budget, view, device)
+    from .needs import check_searcher
+    check_searcher(prepared)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if getattr(view, "fresh_table", False):
+        view.table.save(run_dir / "latency.json")
+    return prepared
+
+
+def check_resources(cfg: Config, address: str | None) -> None:
+    """Per-trial resources a local machine cannot give (a cluster is checked by Ray itself)."""
+    if address and address.startswith("ray://"):
+        raise ConfigError(f"--address {address}: Ray Client (ray://) is not supported, the search "
+                          f"driver must run on a cluster node; run structsearch there with "
+                          f"--address auto (or the head's host:6379)")
+    if address:
+        return
+    r = cfg.search.resources
+    cpus = os.cpu_count() or 1
+    if r.cpu > cpus:
+        raise ConfigError(f"search.resources.cpu: {r.cpu:g} CPUs per trial but this machine has "
+                          f"{cpus}; lower it or join a cluster with --address")
+    gpus = torch.cuda.device_count()
+    if r.gpu > gpus:
+        raise ConfigError(f"search.resources.gpu: {r.gpu:g} GPUs per trial but this machine has "
+                          f"{gpus}; set search.resources.gpu: 0 or join a cluster with --address")
