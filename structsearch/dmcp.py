@@ -62,7 +62,7 @@ from torch.nn import functional as F
 
 from .ranking import order_from_scores, walk_chains
 from .space import WidthSpace
-from .train import plan_run
+from .train import epoch_seed, mixed_precision, plan_run
 
 __all__ = ["DMCPSupernet", "budget_loss", "build_chain", "order_from_scores", "train_supernet",
            "walk_chains", "FORMAT_VERSION"]
@@ -458,7 +458,7 @@ class DMCPSupernet(nn.Module):
         es = self.expected_widths()
         out = {
             "format_version": FORMAT_VERSION,
-            "method": "dmcp",
+            "method": "DMCP",
             "num_blocks": self.num_blocks,
             "min_ratio": self.min_ratio,
             # Keyed by group index rather than a list of records, so that Ray Tune's loggers,
@@ -526,12 +526,6 @@ def _no_weight_grads(params: list[nn.Parameter]):
             p.requires_grad_(f)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(teacher || student) on softened logits, summed over classes, mean over the batch."""
     t = temperature
@@ -545,7 +539,7 @@ def weight_step(supernet: DMCPSupernet, x, y, optimizer, widths_list, *, device)
     Returns the largest net's cross-entropy."""
     optimizer.zero_grad(set_to_none=True)
     supernet.set_full()
-    with _autocast(device):
+    with mixed_precision(device):
         logits = supernet(x)
         ce = F.cross_entropy(logits.float(), y)
     ce.backward()
@@ -553,7 +547,7 @@ def weight_step(supernet: DMCPSupernet, x, y, optimizer, widths_list, *, device)
     with _frozen_bn_stats(supernet.model):
         for widths in widths_list:
             supernet.set_widths(widths)
-            with _autocast(device):
+            with mixed_precision(device):
                 kd = distill_loss(supernet(x), teacher)
             kd.backward()
     supernet.set_full()
@@ -569,7 +563,7 @@ def arch_step(supernet: DMCPSupernet, x, y, optimizer, *, target_macs: float,
     optimizer.zero_grad(set_to_none=True)
     supernet.set_arch()
     with _frozen_bn_stats(supernet.model), _no_weight_grads(supernet.weight_parameters()):
-        with _autocast(device):
+        with mixed_precision(device):
             logits = supernet(x)
         ce = F.cross_entropy(logits.float(), y)
         expected = supernet.expected_macs()
@@ -587,7 +581,7 @@ def _evaluate_largest(supernet: DMCPSupernet, split, device, batch_size: int = 5
     was_training = supernet.training
     supernet.eval()
     correct, n = 0, 0
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), mixed_precision(device):
         for x, y in split.batches(batch_size, shuffle=False, augment=False, device=device):
             correct += int((supernet(x).argmax(1) == y).sum())
             n += int(y.shape[0])
@@ -708,7 +702,7 @@ def train_supernet(supernet: DMCPSupernet, train_split, *, epochs: int, lr_weigh
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         batches = train_split.batches(batch_size, shuffle=True, augment=augment,
-                                      seed=int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]),
+                                      seed=epoch_seed(seed, epoch),
                                       drop_last=drop_last)
         train_loss = run.epoch(batches, epoch)
         metrics = {**run.metrics(epoch, train_loss),

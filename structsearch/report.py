@@ -138,56 +138,13 @@ def render(run_dir) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = read_candidates(run_dir / "candidates.csv")
     _plots(run_dir, rows, summary)
-    base = summary["baseline"]
-    lines = ["# structsearch report", ""]
     search = summary.get("search", {})
-    budget = summary["budget"]
-    if budget.get("latency_ms") is not None:
-        budget_line = (f"budget {budget['latency_ms']:.3f} ms predicted latency (baseline "
-                       f"{budget['baseline_latency_ms']:.3f} ms)")
-    elif budget.get("params") is not None:
-        budget_line = (f"budget {budget['params'] / 1e6:.4f} M parameters "
-                       f"({100 * budget['params_ratio']:.1f}% of the baseline)")
-    else:
-        budget_line = (f"budget {budget['max_macs'] / 1e6:.3f} M MACs "
-                       f"({100 * budget['macs_ratio']:.1f}% of the baseline)")
+    lines = ["# structsearch report", ""]
     lines += [f"Searcher **{search.get('searcher')}**, criterion **{search.get('criterion')}**, "
-              f"{budget_line}; "
+              f"{_budget_line(summary['budget'])}; "
               f"{search.get('evaluated', len(rows))} candidates "
               f"({search.get('errors', 0)} failed) in {search.get('seconds', 0):.0f} s.", ""]
-    lines += ["| model | val acc % | test acc % | MACs (M) | params (M) | MACs cut % | params cut % | epochs |",
-              "|---|---|---|---|---|---|---|---|"]
-
-    def row(label, entry, macs, params):
-        cut_m = 100 * (1 - macs / base["macs"]) if macs else 0.0
-        cut_p = 100 * (1 - params / base["params"]) if params else 0.0
-        lines.append(f"| {label} | {_pct(entry.get('val_acc'))} | {_pct(entry.get('test_acc'))} | "
-                     f"{macs / 1e6:.3f} | {params / 1e6:.4f} | {cut_m:.1f} | {cut_p:.1f} | "
-                     f"{entry.get('epochs', '-')} |")
-
-    row("baseline", base, base["macs"], base["params"])
-    winner = summary.get("winner")
-    if winner:
-        row(f"winner (search, {search.get('epochs', '?')} ep)", winner, winner["macs"], winner["params"])
-        for key, label in (("finetune", "fine-tune"), ("scratch_e", "Scratch-E"), ("scratch_b", "Scratch-B")):
-            if summary.get(key):
-                row(label, summary[key], winner["macs"], winner["params"])
-        lines += ["", f"Winner: trial `{winner['trial_id']}`, origin `{winner['origin']}`, widths "
-                  f"`{winner['widths']}`.", ""]
-        speed = summary.get("speed")
-        if speed:
-            lines += [f"Measured forward latency ({speed['device']}, batch {speed['batch_size']}): "
-                      f"baseline {speed['baseline_ms']:.2f} ms, winner {speed['winner_ms']:.2f} ms "
-                      f"({speed['speedup']:.2f}x faster).", ""]
-        protocols = {k: summary[k]["test_acc"] for k in ("finetune", "scratch_e", "scratch_b")
-                     if summary.get(k) and summary[k].get("test_acc") is not None}
-        if protocols:
-            best = max(protocols, key=protocols.get)
-            lines += [f"Best protocol on the test split: **{best}** "
-                      f"({100 * protocols[best]:.2f}%; baseline {_pct(base.get('test_acc'))}%).", ""]
-        lines += ["![widths](widths.png)", ""]
-    else:
-        lines += ["", "No winner: every candidate failed (see candidates.csv).", ""]
+    lines += _results_section(summary)
     lines += ["![pareto](pareto.png)", "", "## Candidates (best 20 by validation accuracy)", "",
               "| trial | origin | MACs % | val acc % | status |", "|---|---|---|---|---|"]
     ranked = sorted(rows, key=lambda r: (r["status"] != "ok", -(r["val_acc"] or 0)))
@@ -197,6 +154,55 @@ def render(run_dir) -> Path:
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")
     return path
+
+
+def _budget_line(budget: dict) -> str:
+    if budget.get("latency_ms") is not None:
+        return (f"budget {budget['latency_ms']:.3f} ms predicted latency (baseline "
+                f"{budget['baseline_latency_ms']:.3f} ms)")
+    if budget.get("params") is not None:
+        return (f"budget {budget['params'] / 1e6:.4f} M parameters "
+                f"({100 * budget['params_ratio']:.1f}% of the baseline)")
+    return (f"budget {budget['max_macs'] / 1e6:.3f} M MACs "
+            f"({100 * budget['macs_ratio']:.1f}% of the baseline)")
+
+
+def _model_row(label: str, entry: dict, macs, params, base: dict) -> str:
+    cut_m = 100 * (1 - macs / base["macs"]) if macs else 0.0
+    cut_p = 100 * (1 - params / base["params"]) if params else 0.0
+    return (f"| {label} | {_pct(entry.get('val_acc'))} | {_pct(entry.get('test_acc'))} | "
+            f"{macs / 1e6:.3f} | {params / 1e6:.4f} | {cut_m:.1f} | {cut_p:.1f} | "
+            f"{entry.get('epochs', '-')} |")
+
+
+def _results_section(summary: dict) -> list[str]:
+    """The model table (baseline, winner, retraining protocols) and the winner's notes."""
+    base, search, winner = summary["baseline"], summary.get("search", {}), summary.get("winner")
+    lines = ["| model | val acc % | test acc % | MACs (M) | params (M) | MACs cut % | params cut % | epochs |",
+             "|---|---|---|---|---|---|---|---|",
+             _model_row("baseline", base, base["macs"], base["params"], base)]
+    if not winner:
+        return lines + ["", "No winner: every candidate failed (see candidates.csv).", ""]
+    lines.append(_model_row(f"winner (search, {search.get('epochs', '?')} ep)", winner,
+                            winner["macs"], winner["params"], base))
+    # The retraining protocols keep the winner's architecture, hence its MACs and params.
+    for key, label in (("finetune", "fine-tune"), ("scratch_e", "Scratch-E"), ("scratch_b", "Scratch-B")):
+        if summary.get(key):
+            lines.append(_model_row(label, summary[key], winner["macs"], winner["params"], base))
+    lines += ["", f"Winner: trial `{winner['trial_id']}`, origin `{winner['origin']}`, widths "
+              f"`{winner['widths']}`.", ""]
+    speed = summary.get("speed")
+    if speed:
+        lines += [f"Measured forward latency ({speed['device']}, batch {speed['batch_size']}): "
+                  f"baseline {speed['baseline_ms']:.2f} ms, winner {speed['winner_ms']:.2f} ms "
+                  f"({speed['speedup']:.2f}x faster).", ""]
+    protocols = {k: summary[k]["test_acc"] for k in ("finetune", "scratch_e", "scratch_b")
+                 if summary.get(k) and summary[k].get("test_acc") is not None}
+    if protocols:
+        best = max(protocols, key=protocols.get)
+        lines += [f"Best protocol on the test split: **{best}** "
+                  f"({100 * protocols[best]:.2f}%; baseline {_pct(base.get('test_acc'))}%).", ""]
+    return lines + ["![widths](widths.png)", ""]
 
 
 def write_width_histograms(rows: list[dict], full_widths, logdir: Path) -> None:

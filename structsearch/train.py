@@ -83,12 +83,14 @@ def lr_factor(spec: TrainSpec, step: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / span))
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Shuffle/augmentation seed of ``epoch`` in a run seeded with ``seed`` (every loop here)."""
     # Independent, reproducible stream per epoch without correlated neighbouring seeds.
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def _autocast(device: torch.device):
+def mixed_precision(device: torch.device):
+    """Autocast context of every forward pass here: bf16 on CUDA, plain fp32 elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -116,7 +118,7 @@ def evaluate(model: nn.Module, split, *, batch_size: int = 512, device="cpu") ->
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     n = 0
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), mixed_precision(device):
         for x, y in split.batches(batch_size, shuffle=False, augment=False, device=device):
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -157,14 +159,12 @@ def train(
     _prepare(model, device)
     train_split, val_split, augment, drop_last, total_steps = plan_run(
         train_split, val_split, spec.batch_size, spec.epochs, device, augment)
-
-    optimizer = SGD(model.parameters(), momentum=spec.momentum, nesterov=spec.nesterov,
-                    weight_decay=spec.weight_decay)
-    criterion = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
-    channels_last = device.type == "cuda"
-    # A host read of the loss stalls a GPU pipeline, so CUDA checks finiteness in strides;
-    # on CPU the value is already computed and the check is free.
-    check_every = 1 if device.type == "cpu" else 50
+    loop = _Loop(
+        model=model,
+        optimizer=SGD(model.parameters(), momentum=spec.momentum, nesterov=spec.nesterov,
+                      weight_decay=spec.weight_decay),
+        criterion=nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing),
+        regularizer=regularizer, spec=spec, total_steps=total_steps, device=device)
 
     history: list[dict] = []
     metrics = _empty_metrics()
@@ -172,68 +172,95 @@ def train(
     for epoch in range(1, spec.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-        seen = 0
-        batches = train_split.batches(
-            spec.batch_size,
-            shuffle=True,
-            augment=augment,
-            seed=_epoch_seed(seed, epoch),
-            drop_last=drop_last,
-        )
-        for i, (x, y) in enumerate(batches):
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                logits = model(x)
-                data_loss = criterion(logits, y)
-            loss = data_loss
-            if regularizer is not None:
-                penalty = regularizer.penalty(model)
-                if penalty is not None:
-                    loss = loss + penalty
-            optimizer.zero_grad()
-            loss.backward()
-            if regularizer is not None:
-                regularizer.after_backward(model)
-            optimizer.step(spec.lr * lr_factor(spec, step, total_steps))
-
-            detached = loss.detach()
-            nonfinite |= ~torch.isfinite(detached)
-            if (i + 1) % check_every == 0 and nonfinite.item():
-                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
-            loss_sum += data_loss.detach() * y.shape[0]
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += y.shape[0]
-            step += 1
-        if nonfinite.item():
-            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step - 1}")
+        batches = train_split.batches(spec.batch_size, shuffle=True, augment=augment,
+                                      seed=epoch_seed(seed, epoch), drop_last=drop_last)
+        loss_sum, correct, seen, step = loop.epoch(batches, epoch, step)
         _sync(device)
-        train_seconds = time.perf_counter() - t0
-
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_acc": correct.item() / max(seen, 1),
-            "val_acc": None,
-            "val_loss": None,
-            "images_per_s": seen / train_seconds if train_seconds > 0 else float("nan"),
-            "seconds": 0.0,
-        }
-        if val_split is not None:
-            result = evaluate(model, val_split, device=device)
-            metrics["val_acc"], metrics["val_loss"] = result["top1"], result["loss"]
+        metrics = _train_metrics(epoch, loss_sum, correct, seen, time.perf_counter() - t0)
+        _add_val_metrics(metrics, model, val_split, device)
         metrics["seconds"] = time.perf_counter() - t0
         history.append(metrics)
         if on_epoch is not None and on_epoch(epoch, dict(metrics)):
             break
 
-    if not history and val_split is not None:
+    if not history:
+        _add_val_metrics(metrics, model, val_split, device)
+    return {**metrics, "history": history}
+
+
+@dataclass
+class _Loop:
+    """What stays fixed across the optimiser steps of one ``train`` call."""
+
+    model: nn.Module
+    optimizer: SGD
+    criterion: nn.Module
+    regularizer: Regularizer | None
+    spec: TrainSpec
+    total_steps: int
+    device: torch.device
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, step: int):
+        """One SGD update at global step ``step``; returns the detached total loss, data loss
+        (without the regulariser) and logits."""
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with mixed_precision(self.device):
+            logits = self.model(x)
+            data_loss = self.criterion(logits, y)
+        loss = data_loss
+        if self.regularizer is not None:
+            penalty = self.regularizer.penalty(self.model)
+            if penalty is not None:
+                loss = loss + penalty
+        self.optimizer.zero_grad()
+        loss.backward()
+        if self.regularizer is not None:
+            self.regularizer.after_backward(self.model)
+        self.optimizer.step(self.spec.lr * lr_factor(self.spec, step, self.total_steps))
+        return loss.detach(), data_loss.detach(), logits.detach()
+
+    def epoch(self, batches, epoch: int, step: int):
+        """Train on every batch; returns the summed data loss and correct count (device
+        tensors, so the host never waits mid-epoch), examples seen and the next global step."""
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        nonfinite = torch.zeros((), device=self.device, dtype=torch.bool)
+        # A host read of the loss stalls a GPU pipeline, so CUDA checks finiteness in strides;
+        # on CPU the value is already computed and the check is free.
+        check_every = 1 if self.device.type == "cpu" else 50
+        seen = 0
+        for i, (x, y) in enumerate(batches):
+            loss, data_loss, logits = self.step(x, y, step)
+            nonfinite |= ~torch.isfinite(loss)
+            if (i + 1) % check_every == 0 and nonfinite.item():
+                raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step}")
+            loss_sum += data_loss * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            step += 1
+        if nonfinite.item():
+            raise FloatingPointError(f"non-finite loss at epoch {epoch} step {step - 1}")
+        return loss_sum, correct, seen, step
+
+
+def _train_metrics(epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
+                   train_seconds: float) -> dict:
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum.item() / max(seen, 1),
+        "train_acc": correct.item() / max(seen, 1),
+        "val_acc": None,
+        "val_loss": None,
+        "images_per_s": seen / train_seconds if train_seconds > 0 else float("nan"),
+        "seconds": 0.0,
+    }
+
+
+def _add_val_metrics(metrics: dict, model: nn.Module, val_split, device: torch.device) -> None:
+    if val_split is not None:
         result = evaluate(model, val_split, device=device)
         metrics["val_acc"], metrics["val_loss"] = result["top1"], result["loss"]
-    return {**metrics, "history": history}
 
 
 def plan_run(train_split, val_split, batch_size: int, epochs: int, device, augment: bool | None):

@@ -199,26 +199,16 @@ def test_resume_with_corrupt_journal(tmp_path):
     assert journal.read_bytes() == b"{torn", "the file is left for the user to inspect"
 
 
-class _Planted:
-    """Unpickling this runs code: it creates the file ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_resume_refuses_a_planted_pickle_journal(tmp_path):
     """A journal that would run code if unpickled: --resume refuses it in one line, before
     Ray starts, and the code never runs."""
-    import pickle
+    from planted import planted_journal
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(BASE))
     planted = tmp_path / "run" / "tune" / "search_journal.pkl"
     planted.parent.mkdir(parents=True)
     marker = tmp_path / "code-ran"
-    planted.write_bytes(pickle.dumps({"version": 1, "core": _Planted(marker)}))
+    planted.write_bytes(planted_journal(marker))
     res = cli("search", path, "--out", tmp_path / "run", "--resume")
     assert_clean_failure(res, ["search_journal.pkl", "pickled", "never unpickles", "delete it"])
     assert not marker.exists(), "resume must not unpickle the planted journal"

@@ -1,11 +1,11 @@
 """The search journal: atomic rewrite, round trip as plain JSON, one clear error for an unusable
 file, and a pickled journal refused without being unpickled."""
 import json
-import pickle
 
 import numpy as np
 import pytest
 
+from planted import planted_journal
 from structsearch.candidate import Candidate
 from structsearch.journal import Journal, JournalError, journal_path, load_journal, save_journal
 
@@ -42,23 +42,16 @@ def test_unusable_journal_names_file_and_fix(tmp_path, content):
         load_journal(path)
 
 
-class _Planted:
-    """Unpickling this runs code: it would create ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_a_pickled_journal_is_refused_without_unpickling(tmp_path):
     path = journal_path(tmp_path)
     path.parent.mkdir(parents=True)
     marker = tmp_path / "code-ran"
     planted = path.with_name("search_journal.pkl")
-    planted.write_bytes(pickle.dumps({"version": 1, "core": _Planted(marker)}))
+    planted.write_bytes(planted_journal(marker))
     with pytest.raises(JournalError, match=r"search_journal\.pkl is a pickled search journal.*never unpickles.*delete it"):
         load_journal(path)
     assert not marker.exists(), "the planted pickle must not have been loaded"
+    import pickle
+    pickle.loads(planted_journal(tmp_path / "control"))
+    assert (tmp_path / "control").exists(), "the plant is real: unpickling it runs code"
     assert planted.is_file(), "the file is left for the user to inspect"

@@ -68,7 +68,7 @@ def test_global_readout_hits_the_budget_above_the_floor(trained, normalize):
     space = WidthSpace.from_model(model, (1, 28, 28))
     target = 0.5 * space.full_macs
     crit = criteria.get("bn_scale", normalize=normalize == "max")
-    widths = seeds.propose("global", model, space, macs=target, criterion=crit, normalize=normalize)
+    widths = seeds.propose("global", model, space, limit=target, criterion=crit, normalize=normalize)
     space.validate(widths)
     assert (widths >= space.lower).all()
     macs = space.macs(widths)
@@ -86,7 +86,7 @@ def test_global_readout_hits_the_budget_above_the_floor(trained, normalize):
 def test_global_readout_at_a_budget_that_forces_the_floor(trained):
     model = trained[SLIMMING_S]
     space = WidthSpace.from_model(model, (1, 28, 28))
-    widths = seeds.propose("global", model, space, macs=space.min_macs, criterion="bn_scale")
+    widths = seeds.propose("global", model, space, limit=space.min_macs, criterion="bn_scale")
     np.testing.assert_array_equal(widths, space.lower)
 
 
