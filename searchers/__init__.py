@@ -14,10 +14,12 @@ from .optuna_search import NSGA2Search, TPESearch
 from .random_search import RandomSearch
 from .seeded import SeededProposals
 from .uniform import UniformSweep
+from structsearch.registry import Registry
 
-REGISTRY: dict[str, type[SearchCore]] = {cls.name: cls for cls in (
-    ArtificialBeeColony, SeededProposals, TPESearch, NSGA2Search, DropNetSchedule, DMCPSampler,
-    RandomSearch, UniformSweep)}
+REGISTRY: Registry[type[SearchCore]] = Registry("searcher")
+for _cls in (ArtificialBeeColony, SeededProposals, TPESearch, NSGA2Search, DropNetSchedule,
+             DMCPSampler, RandomSearch, UniformSweep):
+    REGISTRY.add(_cls.name, _cls)
 
 DEFAULT = RandomSearch.name  # search.searcher when the config names none
 
@@ -33,12 +35,12 @@ def register(cls: type[SearchCore]) -> type[SearchCore]:
         raise TypeError("register() takes a SearchCore subclass with its own `name`")
     if "+" in cls.name:
         raise ValueError(f"searcher name {cls.name!r} may not contain '+' (it combines searchers)")
-    REGISTRY[cls.name] = cls
+    REGISTRY.add(cls.name, cls)
     return cls
 
 
 def names() -> list[str]:
-    return sorted(REGISTRY)
+    return REGISTRY.names()
 
 
 def parts(name: str) -> list[str]:
@@ -52,9 +54,7 @@ def available(name: str) -> bool:
 
 
 def get(name: str) -> type[SearchCore]:
-    if name not in REGISTRY:
-        raise KeyError(f"searcher '{name}' is not available; choose one of {', '.join(names())}")
-    return REGISTRY[name]
+    return REGISTRY.get(name)
 
 
 def parameters(name: str) -> dict[str, inspect.Parameter]:

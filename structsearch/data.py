@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .registry import Registry
+
 __all__ = [
     "DataSpec",
     "DatasetNotFound",
@@ -387,24 +389,17 @@ class Splits:
 # Registry
 
 Builder = Callable[[DataSpec], Splits]
-_REGISTRY: dict[str, Builder] = {}
+_REGISTRY: Registry[Builder] = Registry("dataset")
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
     """Decorator: register ``fn(spec) -> Splits`` (on CPU) under ``name``."""
-
-    def wrap(fn: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
+    return _REGISTRY.register(name)
 
 
 def names() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def load(
@@ -412,12 +407,7 @@ def load(
 ) -> Splits:
     """Load the dataset ``spec`` describes (keyword overrides allowed) with splits on ``device``."""
     spec = DataSpec(**overrides) if spec is None else dataclasses.replace(spec, **overrides)
-    try:
-        builder = _REGISTRY[spec.name]
-    except KeyError:
-        valid = ", ".join(names())
-        raise KeyError(f"unknown dataset {spec.name!r}; valid names: {valid}") from None
-    return builder(spec).to(device)
+    return _REGISTRY.get(spec.name)(spec).to(device)
 
 
 # --------------------------------------------------------------------------------------------

@@ -329,12 +329,12 @@ def open_run(cfg: Config, out, config_path, resume: bool, address) -> tuple[Prep
 def run_search(cfg: Config, *, out: str | None = None, config_path: str | None = None,
                resume: bool = False, address: str | None = None) -> Path:
     """Run the whole flow; returns the run directory."""
-    from .tuning import init_ray
     p, journal = open_run(cfg, out, config_path, resume, address)
     baseline = stage_baseline(p)
     scores = criterion_scores(p, cfg.search.criterion)
     core = build_searcher(p)  # what the searcher needs from the baseline, before Ray starts
     started = time.perf_counter()
+    from .tuning import init_ray  # Ray is imported only once every input is checked
     init_ray(address)
     if needs_trial(cfg.search.searcher):  # e.g. DMCP's chains come from a supernet trial
         core = build_searcher(p, supernet=lambda need: stage_supernet(p, scores, baseline, need))

@@ -102,3 +102,28 @@ def test_no_searcher_name_outside_searchers():
                             and (rel, name) not in _OTHER_VOCABULARY:
                         found.append(f"{rel}:{line}: {text!r}")
     assert not found, "searcher names outside searchers/:\n" + "\n".join(found)
+
+
+def _python_files(*folders):
+    return [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))]
+
+
+def test_every_tune_experiment_starts_through_one_helper():
+    """``tune.Tuner`` appears once: in structsearch.tuning.run_experiment."""
+    users = [str(p.relative_to(ROOT)) for p in _python_files("structsearch", "searchers", "trainables")
+             if "Tuner(" in p.read_text()]
+    assert users == ["structsearch/tuning.py"], users
+
+
+def test_functions_fit_on_a_screen_and_the_pipeline_is_a_flow():
+    """No function in the packages is over 60 lines; pipeline.py is at most 400 lines."""
+    import ast
+    long = []
+    for path in _python_files("structsearch", "searchers", "trainables"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
+    assert len((ROOT / "structsearch" / "pipeline.py").read_text().splitlines()) <= 400

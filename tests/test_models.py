@@ -3,6 +3,7 @@ fvcore), width scaling, torchvision models without downloads, and error messages
 
 from __future__ import annotations
 
+import copy
 import pytest
 import torch
 from torch import nn
@@ -137,7 +138,7 @@ def test_unknown_names_raise_key_error_listing_valid_ones():
 
 
 def test_register_adds_a_factory(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", copy.deepcopy(registry._REGISTRY))
 
     @models.register("tiny_linear", input_size=4)
     def tiny_linear(*, num_classes: int = 10, in_channels: int = 3) -> nn.Module:

@@ -40,4 +40,4 @@ def test_readme_example_searcher_runs_a_mini_search(tmp_path, ray_local):
         start = np.array(rows[0]["widths"])
         assert any(not np.array_equal(np.array(r["widths"]), start) for r in rows[1:])
     finally:
-        searchers.REGISTRY.pop("hillclimb", None)
+        searchers.REGISTRY.remove("hillclimb")

@@ -48,7 +48,8 @@ def _mini(**search):
 def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
     from structsearch.pipeline import run_search
 
-    run = run_search(_mini(scheduler="asha", epochs=4, candidates=8), out=str(tmp_path / "run"))
+    cfg = _mini(scheduler="asha", epochs=4, candidates=8)
+    run = run_search(cfg, out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")
     stopped = [r for r in rows if r["status"] == "stopped"]
     assert len(rows) == 8 and stopped, [r["status"] for r in rows]
@@ -57,12 +58,15 @@ def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
     winner = summary["winner"]
     assert winner["epochs"] == 4
     assert winner["trial_id"] not in {r["trial_id"] for r in stopped}
-    # The journal keeps ASHA's rungs, so a resumed search compares against the same results.
+    # The journal keeps ASHA's rungs (as plain data), so a resumed search compares against the
+    # same results.
     from ray.tune.schedulers import ASHAScheduler
     from structsearch.journal import journal_path, load_journal
+    from structsearch.schedulers import make_scheduler
     journal = load_journal(journal_path(run))
-    assert isinstance(journal.scheduler, ASHAScheduler)
-    in_rungs = {tid for bracket in journal.scheduler._brackets
+    scheduler = make_scheduler(cfg.search, state=journal.scheduler)
+    assert isinstance(scheduler, ASHAScheduler)
+    in_rungs = {tid for bracket in scheduler._brackets
                 for _, recorded in bracket._rungs for tid in recorded}
     assert in_rungs == {t["trial_id"] for t in journal.trials}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..ranking import criterion_keep
+from ..registry import Registry
 from .activation import MeanActivation
 from .base import Criterion, model_inputs, per_group
 from .bn_scale import BNScale
@@ -20,27 +21,21 @@ from .l1 import L1Norm
 from .lasso import ChannelLasso, lasso_select, reconstruct
 from .random import RandomCriterion
 
-_REGISTRY: dict[str, Callable[..., Criterion]] = {
-    "l1": L1Norm,
-    "bn_scale": BNScale,
-    "hrank": HRank,
-    "activation": MeanActivation,
-    "lasso": ChannelLasso,
-    "group_lasso": GroupLassoNorm,
-    "random": RandomCriterion,
-}
+_REGISTRY: Registry[Callable[..., Criterion]] = Registry("criterion")
+for _name, _cls in (("l1", L1Norm), ("bn_scale", BNScale), ("hrank", HRank),
+                    ("activation", MeanActivation), ("lasso", ChannelLasso),
+                    ("group_lasso", GroupLassoNorm), ("random", RandomCriterion)):
+    _REGISTRY.add(_name, _cls)
 
 
 def names() -> list[str]:
     """Registered criterion names."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get(name: str, **params) -> Criterion:
     """The criterion ``name`` with its parameters; unknown names raise ``KeyError``."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown criterion '{name}'; choose one of {', '.join(names())}")
-    return _REGISTRY[name](**params)
+    return _REGISTRY.get(name)(**params)
 
 
 def resolve(criterion: str | Criterion | None, default: str = "l1") -> Criterion:

@@ -12,6 +12,8 @@ from typing import Callable
 
 from torch import nn
 
+from ..registry import Registry
+
 TORCHVISION_PREFIX = "torchvision:"
 TORCHVISION_INPUT_SIZE = 224
 
@@ -26,7 +28,9 @@ class ModelEntry:
     input_size: int
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+_REGISTRY: Registry[ModelEntry] = Registry(
+    "model", hint=f", or {TORCHVISION_PREFIX}<name> for any torchvision classification model "
+                  f"(e.g. {TORCHVISION_PREFIX}resnet18)")
 
 
 def register(name: str, *, input_size: int = 32) -> Callable[[Factory], Factory]:
@@ -38,9 +42,7 @@ def register(name: str, *, input_size: int = 32) -> Callable[[Factory], Factory]
         raise ValueError(f"names starting with {TORCHVISION_PREFIX!r} are reserved")
 
     def decorator(factory: Factory) -> Factory:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(factory=factory, input_size=input_size)
+        _REGISTRY.add(name, ModelEntry(factory=factory, input_size=input_size))
         return factory
 
     return decorator
@@ -48,15 +50,7 @@ def register(name: str, *, input_size: int = 32) -> Callable[[Factory], Factory]
 
 def names() -> list[str]:
     """Registered model names, sorted (the open-ended ``torchvision:<name>`` ones excluded)."""
-    return sorted(_REGISTRY)
-
-
-def _unknown(name: str) -> KeyError:
-    return KeyError(
-        f"unknown model {name!r}; valid names: {', '.join(names())}, "
-        f"or {TORCHVISION_PREFIX}<name> for any torchvision classification model "
-        f"(e.g. {TORCHVISION_PREFIX}resnet18)"
-    )
+    return _REGISTRY.names()
 
 
 def build(name: str, *, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
@@ -72,9 +66,7 @@ def build(name: str, *, num_classes: int = 10, in_channels: int = 3, **kwargs) -
         return build_torchvision(
             tv_name, num_classes=num_classes, in_channels=in_channels, **kwargs
         )
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[name].factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+    return _REGISTRY.get(name).factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
 def default_input_size(name: str) -> int:
@@ -82,9 +74,7 @@ def default_input_size(name: str) -> int:
     if name.startswith(TORCHVISION_PREFIX):
         # Inception v3's auxiliary head needs 299 px; every other torchvision classifier is 224.
         return 299 if name[len(TORCHVISION_PREFIX):] == "inception_v3" else TORCHVISION_INPUT_SIZE
-    if name not in _REGISTRY:
-        raise _unknown(name)
-    return _REGISTRY[name].input_size
+    return _REGISTRY.get(name).input_size
 
 
 # ---- helpers shared by the model families -------------------------------------------------
