@@ -102,7 +102,8 @@ class FinalConfig:
     finetune_epochs: int = 40
     finetune_lr: float = 0.001
     scratch: tuple = ("E", "B")
-    scratch_b_max_factor: float = 2.0
+    # Scratch-B's epoch factor cap: none on CIFAR (the paper), 2 on ImageNet-scale runs.
+    scratch_b_max_factor: float | None = None
     scratch_lr: float | None = None  # None: baseline lr
     compile: bool = False  # torch.compile the final runs on CUDA (candidates never: new shapes each)
 
@@ -298,7 +299,7 @@ def _check_final_and_sparsity(cfg: Config) -> None:
             bad("final.scratch", f"entries must be 'E' or 'B', got {kind!r}")
     if f.finetune_epochs < 0:
         bad("final.finetune_epochs", f"must be >= 0, got {f.finetune_epochs}")
-    if f.scratch_b_max_factor < 1:
+    if f.scratch_b_max_factor is not None and f.scratch_b_max_factor < 1:
         bad("final.scratch_b_max_factor", f"must be >= 1, got {f.scratch_b_max_factor}")
     sparsity = cfg.baseline.sparsity or {}
     if sparsity:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -218,7 +217,8 @@ def finish_journal(recorder, path: Path, searcher, core) -> Journal:
 
 def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
     """The final stage's runs (Liu et al.): fine-tune, Scratch-E, Scratch-B (epochs scaled by
-    baseline MACs / pruned MACs, capped by ``final.scratch_b_max_factor``)."""
+    baseline MACs / pruned MACs, as ``int()`` like the official code; capped by
+    ``final.scratch_b_max_factor`` when set: Liu et al. cap at 2x on ImageNet only)."""
     f, b = cfg.final, cfg.baseline
     scratch_lr = f.scratch_lr or b.lr
     runs = []
@@ -228,8 +228,10 @@ def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
     if "E" in f.scratch:
         runs.append({"protocol": "scratch_e", "epochs": b.epochs, "lr": scratch_lr, "schedule": b.schedule})
     if "B" in f.scratch:
-        factor = min(baseline["macs"] / max(winner["macs"], 1), f.scratch_b_max_factor)
-        runs.append({"protocol": "scratch_b", "epochs": int(math.ceil(b.epochs * factor)),
+        factor = baseline["macs"] / max(winner["macs"], 1)
+        if f.scratch_b_max_factor is not None:
+            factor = min(factor, f.scratch_b_max_factor)
+        runs.append({"protocol": "scratch_b", "epochs": int(b.epochs * factor),
                      "lr": scratch_lr, "schedule": b.schedule})
     for r in runs:
         r["widths"] = list(winner["widths"])

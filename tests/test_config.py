@@ -91,3 +91,18 @@ def test_shared_storage_keys_and_uris(tmp_path):
     local = tune_storage(prepared(tmp_path / "run1", str(tmp_path / "shared")))
     assert local.startswith(str(tmp_path / "shared" / "run1-"))
     assert tune_storage(prepared(tmp_path / "run1", None)) == str(tmp_path / "run1" / "tune")
+
+
+@pytest.mark.parametrize("config,capped", [("cifar10_resnet56.yaml", False), ("cifar10_vgg16.yaml", False),
+                                           ("imagenet_resnet50.yaml", True)])
+def test_scratch_b_epochs_as_liu_et_al(config, capped):
+    """Scratch-B trains int(epochs x baseline MACs / pruned MACs) epochs: uncapped on CIFAR (the
+    paper and its official code), capped at 2x on ImageNet."""
+    from structsearch.pipeline import final_runs
+    cfg = C.load(ROOT / "configs" / config)
+    epochs = cfg.baseline.epochs
+    runs = {r["protocol"]: r for r in final_runs(cfg, {"macs": 1000}, {"macs": 300, "widths": [1]})}
+    expected = int(epochs * (2.0 if capped else 1000 / 300))
+    assert runs["scratch_b"]["epochs"] == expected
+    assert runs["scratch_e"]["epochs"] == epochs
+    assert (cfg.final.scratch_b_max_factor == 2) is capped

@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -77,7 +76,7 @@ def test_final_stage_reports_all_protocols(mini_run):
         assert 0.1 < entry["test_acc"] <= 1.0, key  # above chance on 10 classes
     assert summary["scratch_e"]["epochs"] == 3
     ratio = summary["baseline"]["macs"] / summary["winner"]["macs"]
-    assert summary["scratch_b"]["epochs"] == int(np.ceil(3 * min(ratio, 2.0)))
+    assert summary["scratch_b"]["epochs"] == int(3 * ratio), "uncapped by default, int() as Liu et al."
     speed = summary["speed"]
     assert speed["baseline_ms"] > 0 and speed["winner_ms"] > 0
     report = (run / "report.md").read_text()
