@@ -303,7 +303,8 @@ def _check_final_and_sparsity(cfg: Config) -> None:
         bad("final.scratch_b_max_factor", f"must be >= 1, got {f.scratch_b_max_factor}")
     sparsity = cfg.baseline.sparsity or {}
     if sparsity:
-        kinds = {"slimming": {"s", "modules"}, "group_lasso": {"lambda_n", "lambda_c", "modules", "include_linear"}}
+        kinds = {"slimming": {"s", "modules", "epochs"},
+                 "group_lasso": {"lambda_n", "lambda_c", "modules", "include_linear", "epochs"}}
         kind = sparsity.get("kind")
         if kind not in kinds:
             bad("baseline.sparsity.kind", "choose slimming or group_lasso")

@@ -59,7 +59,11 @@ def seed_proposals(p, names) -> list[dict]:
         name, _, crit = str(entry).partition(":")
         kwargs = {"limit": p.budget.limit, "cost": p.view}
         if name == "global":
-            kwargs["scores"] = criterion_scores(p, crit or p.cfg.search.criterion)
+            # Network Slimming's read-out: one threshold on raw |gamma|; L1 / HRank: per layer
+            # max-normalised first (their magnitudes differ by layer).
+            crit = crit or p.cfg.search.criterion
+            crit_params, kwargs["normalize"] = criteria_mod.global_readout(crit)
+            kwargs["scores"] = criterion_scores(p, crit, **crit_params)
         try:
             widths = seeds.propose(name, p.model, p.space, **kwargs)
         except (ValueError, TypeError) as exc:

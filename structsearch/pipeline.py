@@ -33,7 +33,8 @@ from .preflight import Prepared, check_resources, prepare, say
 from .rundir import RunDirError
 from .summary import SearchFailed
 from .sparsity import regularizer
-from .surgery import WEIGHTS_FILE, load_state_dict_file, prune, save_pruned
+from .surgery import WEIGHTS_FILE, load_pruned, load_state_dict_file, prune, save_pruned
+from .timing import speedup
 from .train import TrainSpec, evaluate, train
 
 PROTOCOLS = ("finetune", "scratch_e", "scratch_b")
@@ -47,6 +48,32 @@ def baseline_spec(cfg: Config) -> TrainSpec:
                      label_smoothing=b.label_smoothing, batch_size=cfg.data.batch_size)
 
 
+def baseline_epochs(cfg: Config) -> int | None:
+    """Epochs the baseline stage trains: the baseline's own, or, for a loaded checkpoint,
+    ``baseline.sparsity.epochs`` of sparsity training (None: the checkpoint is used as is)."""
+    sparsity = cfg.baseline.sparsity or {}
+    if not cfg.model.checkpoint:
+        return cfg.baseline.epochs
+    if sparsity.get("kind"):
+        return int(sparsity.get("epochs", cfg.baseline.epochs))
+    return None
+
+
+def train_baseline(p: Prepared) -> None:
+    """Train the baseline from scratch, or sparsity-train a loaded checkpoint (Network
+    Slimming / SSL on a user's trained model), with the configured regulariser."""
+    epochs = baseline_epochs(p.cfg)
+    if not epochs:
+        return
+    spec = dataclasses.replace(baseline_spec(p.cfg), epochs=epochs)
+    what = "sparsity training the loaded checkpoint" if p.cfg.model.checkpoint else "training"
+    say(f"baseline: {what} {p.cfg.model.name} for {spec.epochs} epochs on {p.cfg.data.name}")
+    train(p.model, p.splits.train, spec, val_split=p.splits.val, device=p.device, seed=p.cfg.seed,
+          regularizer=regularizer(p.cfg.baseline.sparsity, p.cfg.model.name),
+          on_epoch=lambda e, m: say(f"  baseline epoch {e}/{spec.epochs}: val_acc "
+                                    f"{100 * m['val_acc']:.2f}%"))
+
+
 def stage_baseline(p: Prepared) -> dict:
     """RUN_DIR/baseline: the loaded or trained baseline, with its accuracy and cost."""
     out = p.run_dir / "baseline"
@@ -57,19 +84,13 @@ def stage_baseline(p: Prepared) -> dict:
         return json.loads(metrics_file.read_text())
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if not p.cfg.model.checkpoint:
-        spec = baseline_spec(p.cfg)
-        say(f"baseline: training {p.cfg.model.name} for {spec.epochs} epochs on {p.cfg.data.name}")
-        train(p.model, p.splits.train, spec, val_split=p.splits.val, device=p.device, seed=p.cfg.seed,
-              regularizer=regularizer(p.cfg.baseline.sparsity),
-              on_epoch=lambda e, m: say(f"  baseline epoch {e}/{spec.epochs}: val_acc "
-                                        f"{100 * m['val_acc']:.2f}%"))
+    train_baseline(p)
     val = evaluate(p.model, p.splits.val, device=p.device)
     test = evaluate(p.model, p.splits.test, device=p.device)
     metrics = {"val_acc": val["top1"], "test_acc": test["top1"],
                "macs": int(p.space.macs(p.space.full_widths)),
                "params": int(sum(t.numel() for t in p.model.parameters())),
-               "epochs": p.cfg.baseline.epochs if not p.cfg.model.checkpoint else None,
+               "epochs": baseline_epochs(p.cfg),
                "source": p.cfg.model.checkpoint or "trained", "seconds": time.perf_counter() - start}
     p.model.cpu()
     tmp = out / (WEIGHTS_FILE + ".tmp")
@@ -287,18 +308,6 @@ def save_trained(p: Prepared, widths, checkpoint, out: Path, extra: dict | None 
     return state
 
 
-def measure_speed(p: Prepared, winner_dir: Path, batch_size: int = 32) -> dict:
-    """Measured forward latency of the baseline and the pruned winner on the driver's device:
-    the pruned network is physically smaller, so it must also be faster."""
-    from .surgery import load_pruned
-    from .timing import measure_latency
-    shape = p.splits.input_shape
-    base_ms = measure_latency(p.model, shape, batch_size=batch_size, device=p.device)
-    win_ms = measure_latency(load_pruned(winner_dir), shape, batch_size=batch_size, device=p.device)
-    return {"device": p.device, "batch_size": batch_size, "baseline_ms": base_ms, "winner_ms": win_ms,
-            "speedup": base_ms / win_ms if win_ms > 0 else None}
-
-
 def keep_winner(p: Prepared, rows: list[dict], winner: dict, summary: dict) -> dict:
     """winner/ (arch.json + weights.pt) and the summary's winner entry; the other candidates'
     checkpoints are deleted. Returns the winner's trained state_dict."""
@@ -353,7 +362,8 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     winner_state = keep_winner(p, rows, winner, summary)
     report.write_json(summary, p.run_dir / "summary.json")
     summary.update(stage_final(p, scores, baseline, winner, winner_state))
-    summary["speed"] = measure_speed(p, p.run_dir / "winner")
+    summary["speed"] = speedup(p.model, load_pruned(p.run_dir / "winner"), p.splits.input_shape,
+                               device=p.device)
     report.write_json(summary, p.run_dir / "summary.json")
     report.render(p.run_dir)
     say(f"done: {p.run_dir / 'report.md'}")

@@ -311,7 +311,8 @@ def propose(name: str, model: nn.Module, space: WidthSpace, *, limit: float, cos
 
     ``criterion`` (a name or criterion object) and ``batches`` matter to ``global`` only;
     ``params`` go to the proposal: ``global``: ``scores`` (precomputed, e.g. from the score
-    cache), ``normalize`` ('max' | 'none'); ``ssl``: ``threshold``, ``rel_threshold``,
+    cache), ``normalize`` ('max' | 'none'; by default raw scores for a criterion whose scores
+    compare across layers, ``bn_scale``, else 'max'); ``ssl``: ``threshold``, ``rel_threshold``,
     ``scores``; presets: ``fit`` ('scale' | 'project'). Raises ``WidthError`` when even the
     smallest network exceeds ``limit``.
     """
@@ -319,8 +320,15 @@ def propose(name: str, model: nn.Module, space: WidthSpace, *, limit: float, cos
         _no_params(name, params)
         return uniform_widths(space, limit, cost=cost)
     if name == "global":
-        scores = _scores_for(criterion, model, space, batches, params.pop("scores", None), "l1")
-        normalize = params.pop("normalize", "max")
+        given = params.pop("scores", None)
+        normalize = params.pop("normalize", None)
+        if given is None and (criterion is None or isinstance(criterion, str)):
+            from . import criteria
+            crit_params, readout = criteria.global_readout(criterion or "l1")
+            criterion = criteria.get(criterion or "l1", **crit_params)
+            normalize = normalize or readout
+        scores = _scores_for(criterion, model, space, batches, given, "l1")
+        normalize = normalize or "max"
         _no_params(name, params)
         return threshold_widths(space, scores, limit, cost=cost, normalize=normalize)
     if name == "ssl":

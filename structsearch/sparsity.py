@@ -105,13 +105,27 @@ class GroupLasso:
         return None
 
 
-def regularizer(params: dict | None):
+# Network Slimming's s by model family (Liu et al. 2017: 1e-4 for VGG, 1e-5 for ResNet).
+SLIMMING_S = {"vgg": 1e-4, "resnet": 1e-5}
+
+
+def slimming_s(model_name: str | None) -> float:
+    """The paper's ``s`` for ``model_name``'s family (VGG 1e-4, ResNet 1e-5; else 1e-4)."""
+    name = (model_name or "").lower()
+    return next((s for family, s in SLIMMING_S.items() if family in name), SlimmingL1.s)
+
+
+def regularizer(params: dict | None, model_name: str | None = None):
     """The regulariser ``baseline.sparsity`` asks for (``kind: slimming | group_lasso`` plus its
-    parameters), or None."""
-    params = dict(params or {})
+    parameters; ``epochs`` is the training stage's, not the regulariser's), or None. Slimming
+    without ``s`` takes the paper's value for ``model_name``'s family."""
+    params = {k: v for k, v in (params or {}).items() if k != "epochs"}
     kind = params.pop("kind", None)
     if kind is None:
         return None
     if "modules" in params:
         params["modules"] = tuple(params["modules"])
-    return SlimmingL1(**params) if kind == "slimming" else GroupLasso(**params)
+    if kind == "slimming":
+        params.setdefault("s", slimming_s(model_name))
+        return SlimmingL1(**params)
+    return GroupLasso(**params)

@@ -3,6 +3,8 @@ threshold read-out that turns a slimmed model into a width vector."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,73 @@ def test_group_lasso_training_shrinks_filter_norms():
         norms = criteria.get("group_lasso", normalize=False).scores(model, space)
         mean_norm[lam] = np.concatenate(norms).mean()
     assert mean_norm[5e-2] < 0.6 * mean_norm[0.0]
+
+
+def _gammas_at_scales(scales):
+    """small_cnn with every group's BN gammas spread evenly over [0.1, 1] x its scale (what
+    sparsity training leaves when some layers matter less than others)."""
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    space = WidthSpace.from_model(model, (1, 28, 28))
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for group, scale in zip(space.groups, scales):
+            for m in group.members:
+                if isinstance(modules[m.module], nn.BatchNorm2d):
+                    modules[m.module].weight.copy_(scale * torch.linspace(0.1, 1.0, group.width))
+    return model, space
+
+
+def test_slimming_readout_is_one_raw_threshold_on_gamma():
+    """Network Slimming: gammas of different scales in two layers. The raw global threshold
+    (the default for bn_scale) prunes the small-gamma layer harder; per-layer normalisation
+    (right for L1 / HRank, whose magnitudes are not comparable) would prune both alike."""
+    scales = [1.0, 0.01, 1.0, 1.0]
+    model, space = _gammas_at_scales(scales)
+    limit = 0.6 * space.full_macs
+    raw = seeds.propose("global", model, space, limit=limit, criterion="bn_scale")
+    normalised = seeds.propose("global", model, space, limit=limit,
+                               criterion=criteria.get("bn_scale", normalize=True), normalize="max")
+    frac_raw = raw / np.asarray(space.full_widths)
+    frac_norm = normalised / np.asarray(space.full_widths)
+    # Every small gamma ranks below every other: the small-gamma layer alone pays the budget.
+    assert [raw[g] for g in (0, 2, 3)] == [space.full_widths[g] for g in (0, 2, 3)]
+    assert raw[1] < space.full_widths[1]
+    assert frac_raw[1] < frac_raw[0] - 0.4 and frac_raw[1] < frac_raw[2] - 0.4
+    assert abs(frac_norm[1] - frac_norm[0]) <= 0.1, "normalised, the two layers look alike"
+    assert space.macs(raw) <= limit and space.macs(normalised) <= limit
+    assert criteria.global_readout("bn_scale") == ({"normalize": False}, "none")
+    assert criteria.global_readout("l1") == ({}, "max")
+
+
+def test_slimming_s_defaults_by_model_family():
+    from structsearch.sparsity import regularizer
+    assert regularizer({"kind": "slimming"}, "cifar_vgg16").s == 1e-4
+    assert regularizer({"kind": "slimming"}, "cifar_resnet56").s == 1e-5
+    assert regularizer({"kind": "slimming"}, "torchvision:resnet50").s == 1e-5
+    assert regularizer({"kind": "slimming", "s": 3e-3, "epochs": 2}, "cifar_resnet56").s == 3e-3
+    assert regularizer({}, "cifar_vgg16") is None
+
+
+def test_sparsity_training_on_a_loaded_checkpoint(tmp_path):
+    """A user's trained baseline (model.checkpoint) gets baseline.sparsity.epochs of sparsity
+    training with the regulariser, and the gammas shrink."""
+    from minis import digits_run
+    from structsearch import config as C
+    from structsearch.pipeline import run_baseline
+    from structsearch.surgery import load_state_dict_file
+
+    plain = run_baseline(C.from_dict(digits_run(baseline={"epochs": 1})), out=str(tmp_path / "a"))
+    before = load_state_dict_file(plain / "baseline" / "weights.pt")
+    cfg = digits_run(baseline={"epochs": 1, "sparsity": {"kind": "slimming", "s": 0.05, "epochs": 2}})
+    cfg["model"]["checkpoint"] = str(plain / "baseline" / "weights.pt")
+    run = run_baseline(C.from_dict(cfg), out=str(tmp_path / "b"))
+    metrics = json.loads((run / "baseline" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["source"] == cfg["model"]["checkpoint"]
+    after = load_state_dict_file(run / "baseline" / "weights.pt")
+    gammas = [k for k in before if k.endswith(".weight") and before[k].ndim == 1
+              and k.replace(".weight", ".running_mean") in before]
+    assert gammas
+    l1_before = sum(before[k].abs().sum().item() for k in gammas)
+    l1_after = sum(after[k].abs().sum().item() for k in gammas)
+    assert l1_after < 0.9 * l1_before, (l1_before, l1_after)
+    assert metrics["val_acc"] > 0.3

@@ -38,6 +38,15 @@ def get(name: str, **params) -> Criterion:
     return _REGISTRY.get(name)(**params)
 
 
+def global_readout(name: str) -> tuple[dict, str]:
+    """How the global-threshold read-out uses criterion ``name``: the criterion's parameters and
+    the threshold's ``normalize`` ('none': raw scores when they compare across layers, e.g.
+    Network Slimming's |gamma|; 'max': per-layer max-normalised, e.g. L1 and HRank)."""
+    if _REGISTRY.get(name).comparable_across_layers:
+        return {"normalize": False}, "none"
+    return {}, "max"
+
+
 def resolve(criterion: str | Criterion | None, default: str = "l1") -> Criterion:
     """A criterion object from a name, an object (returned as is) or None (``default``)."""
     if criterion is None:

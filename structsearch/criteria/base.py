@@ -17,6 +17,10 @@ class Criterion(ABC):
 
     name = "criterion"
     needs_data = False
+    # Whether raw scores compare across layers, so that one global threshold may rank them
+    # unnormalised (Network Slimming's |gamma| after sparsity training); otherwise the global
+    # read-out max-normalises each layer first (L1 and HRank magnitudes differ by layer).
+    comparable_across_layers = False
 
     @abstractmethod
     def scores(self, model: nn.Module, space: WidthSpace,

@@ -14,6 +14,7 @@ class BNScale(Criterion):
     """
 
     name = "bn_scale"
+    comparable_across_layers = True  # sparsity training puts every layer's gammas on one scale
 
     def __init__(self, normalize: bool = True):
         self.normalize = normalize
