@@ -44,9 +44,15 @@ def check_seed_names(names) -> None:
         if name == "global" and crit and crit not in criteria_mod.names():
             raise ConfigError(f"search.seeds: '{entry}' names an unknown criterion; choose one of "
                               f"{', '.join(criteria_mod.names())}")
-        if name != "global" and name not in seeds.names():
+        if name != "global" and name.partition("@")[0] not in seeds.names():
             raise ConfigError(f"search.seeds: unknown proposal '{entry}'; choose from "
-                              f"{', '.join(seeds.names())} or global:<criterion>")
+                              f"{', '.join(seeds.names())} (presets as NAME@paper or "
+                              f"NAME@scaled) or global:<criterion>")
+        if "@" in name:
+            try:
+                seeds.preset_fit(name)
+            except KeyError as exc:
+                raise ConfigError(f"search.seeds: {exc.args[0]}") from None
 
 
 def seed_proposals(p, names) -> list[dict]:
@@ -69,7 +75,7 @@ def seed_proposals(p, names) -> list[dict]:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"search.seeds: '{entry}' does not apply to {p.cfg.model.name}: "
                               f"{str(exc).splitlines()[0]}") from None
-        out.append({"origin": str(entry), "widths": [int(w) for w in widths]})
+        out.append({"origin": seeds.label(str(entry)), "widths": [int(w) for w in widths]})
     return out
 
 
@@ -78,7 +84,7 @@ def default_seeds(p) -> list[str]:
     from . import seeds
     names = list(DEFAULT_SEEDS)
     short = p.cfg.model.name.replace("cifar_", "")
-    names += [n for n in seeds.names() if n.split("_", 1)[-1].startswith(short)
+    names += [seeds.label(n) for n in seeds.names() if n.split("_", 1)[-1].startswith(short)
               and n.split("_", 1)[-1] in (short, short + "_a", short + "_b")]
     return names
 

@@ -252,14 +252,37 @@ def preset_rates(name: str, model: nn.Module, space: WidthSpace) -> np.ndarray:
     return out
 
 
-def _preset_widths(space: WidthSpace, rates: np.ndarray, rounding: str, scale: float) -> np.ndarray:
+def _preset_keep(space: WidthSpace, rates: np.ndarray, rounding: str, scale: float) -> np.ndarray:
+    """Channels each group keeps at ``scale`` times the published rates (no floor, no grid)."""
     full = np.array(space.full_widths, dtype=np.float64)
     fraction = np.minimum(rates * scale, 1.0)
     if rounding == "hrank":
-        keep = full - np.floor(fraction * full + 1e-9)
-    else:
-        keep = np.floor(full * (1.0 - fraction) + 1e-9)
+        return full - np.floor(fraction * full + 1e-9)
+    return np.floor(full * (1.0 - fraction) + 1e-9)
+
+
+def _preset_widths(space: WidthSpace, rates: np.ndarray, rounding: str, scale: float) -> np.ndarray:
+    keep = _preset_keep(space, rates, rounding, scale)
     return _ceil_to_grid(space, np.clip(keep, space.lower, space.upper))
+
+
+def _paper_widths(name: str, space: WidthSpace, rates: np.ndarray, rounding: str, limit: float,
+                  view) -> np.ndarray:
+    """The published architecture exactly, or a WidthError saying what prevents it."""
+    keep = _preset_keep(space, rates, rounding, 1.0).astype(np.int64)
+    widths = _preset_widths(space, rates, rounding, 1.0)
+    off = np.nonzero(widths != keep)[0]
+    if len(off):
+        g = int(off[0])
+        raise WidthError(f"preset {name}@paper keeps {keep[g]} channels of group {g} "
+                         f"({space.groups[g].name}) but the space allows widths from "
+                         f"{space.lower[g]} on a grid of {space.round_to}; lower space.min_ratio "
+                         f"(to {keep[g] / space.groups[g].width:.3f} or less) / space.round_to, "
+                         f"or use {name}@scaled")
+    if view.cost(widths) > limit:
+        raise WidthError(f"preset {name}@paper costs {view.cost(widths):.4g} {view.unit}, above the "
+                         f"budget {limit:.4g} {view.unit}; raise the budget or use {name}@scaled")
+    return widths
 
 
 def preset_widths(name: str, model: nn.Module, space: WidthSpace, limit: float, *, cost=None,
@@ -269,18 +292,22 @@ def preset_widths(name: str, model: nn.Module, space: WidthSpace, limit: float, 
     ``fit="scale"`` multiplies every published rate by one factor t (t = 1 is the paper's
     architecture, floors respected) and bisects t to the least pruning that fits, so the preset's
     shape spends the budget; ``fit="project"`` keeps the published widths and only shrinks them
-    (:meth:`WidthSpace.project`) when they exceed the budget.
+    (:meth:`WidthSpace.project`) when they exceed the budget; ``fit="paper"`` is the published
+    architecture exactly, or a WidthError when the space's floor or grid, or the budget, does
+    not allow it.
     """
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     view = _check_budget(space, limit, cost)
     preset = PRESETS[name]
     rates = preset_rates(name, model, space)
+    if fit == "paper":
+        return _paper_widths(name, space, rates, preset.rounding, limit, view)
     published = _preset_widths(space, rates, preset.rounding, 1.0)
     if fit == "project" or not rates.any():
         return space.project(published, limit, cost=view)
     if fit != "scale":
-        raise ValueError(f"fit must be 'scale' or 'project', got {fit!r}")
+        raise ValueError(f"fit must be 'scale', 'project' or 'paper', got {fit!r}")
     top = 1.0 / rates[rates > 0].min()  # every rated group at its floor
     if view.cost(_preset_widths(space, rates, preset.rounding, top)) > limit:
         return space.project(_preset_widths(space, rates, preset.rounding, top), limit, cost=view)
@@ -300,8 +327,27 @@ def preset_widths(name: str, model: nn.Module, space: WidthSpace, limit: float, 
 
 
 def names() -> list[str]:
-    """Proposal names accepted by :func:`propose`."""
+    """Proposal names accepted by :func:`propose` (a preset also as ``NAME@paper``, the
+    published architecture exactly, and ``NAME@scaled``, its rates scaled to the budget)."""
     return ["uniform", "global", "ssl", *sorted(PRESETS)]
+
+
+PRESET_MODES = {"paper": "paper", "scaled": "scale"}
+
+
+def preset_fit(name: str) -> str:
+    """The ``fit`` of a preset entry ``NAME@paper`` / ``NAME@scaled`` (bare NAME: scaled)."""
+    base, _, mode = name.partition("@")
+    if base not in PRESETS or (mode and mode not in PRESET_MODES):
+        raise KeyError(f"unknown proposal {name!r}; presets take @paper or @scaled, e.g. "
+                       f"{sorted(PRESETS)[0]}@paper")
+    return PRESET_MODES[mode or "scaled"]
+
+
+def label(name: str) -> str:
+    """The label a proposal's candidates carry: presets always say which fit they are."""
+    base, _, mode = name.partition("@")
+    return f"{base}@{mode or 'scaled'}" if base in PRESETS else name
 
 
 def propose(name: str, model: nn.Module, space: WidthSpace, *, limit: float, cost=None,
@@ -333,8 +379,11 @@ def propose(name: str, model: nn.Module, space: WidthSpace, *, limit: float, cos
         return threshold_widths(space, scores, limit, cost=cost, normalize=normalize)
     if name == "ssl":
         return ssl_widths(model, space, limit, cost=cost, **params)
-    if name in PRESETS:
-        return preset_widths(name, model, space, limit, cost=cost, **params)
+    base, _, mode = name.partition("@")
+    if base in PRESETS:
+        if mode:
+            params["fit"] = preset_fit(name)
+        return preset_widths(base, model, space, limit, cost=cost, **params)
     raise KeyError(f"unknown proposal {name!r}; choose one of {', '.join(names())}")
 
 

@@ -160,3 +160,74 @@ def test_sensitivity_table_and_plot(tmp_path):
         assert mine[3]["macs"] < mine[0]["macs"]
     png = tmp_path / "sensitivity.png"
     assert png.is_file() and png.stat().st_size > 10_000
+
+
+# Li et al. (ICLR 2017), Table 1: parameters of the pruned models.
+LI_PARAMS = {"li_vgg16_a": 5.4e6, "li_resnet56_a": 7.7e5, "li_resnet56_b": 7.3e5,
+             "li_resnet110_a": 1.68e6, "li_resnet110_b": 1.16e6}
+# HRank's README (lmbxmu/HRank): MACs ("Flops") of its pruned models. Its counter removes a
+# conv's pruned filters but not the next layer's matching input channels (the README says so),
+# so it over-counts; ours is exact, hence lower. For VGG-16, counting its way (each layer's
+# MACs scaled by the fraction of its own output channels kept) reproduces the README's figure.
+HRANK_README_MACS = {"hrank_vgg16": 108.61e6, "hrank_resnet56": 62.72e6, "hrank_resnet110": 156.90e6}
+
+
+def _out_only_macs(model, space, widths):
+    """MACs counted HRank's way: each conv/linear layer's full MACs x its kept output fraction."""
+    from structsearch import prune
+    pruned = dict(prune(model, space, widths).named_modules())
+    modules = dict(model.named_modules())
+    total = 0.0
+    for name, macs in space.layer_macs(space.full_widths).items():
+        full, kept = modules[name], pruned[name]
+        out = "out_channels" if isinstance(full, torch.nn.Conv2d) else "out_features"
+        total += macs * getattr(kept, out) / getattr(full, out)
+    return total
+
+
+@pytest.mark.parametrize("name", sorted(LI_PARAMS) + sorted(HRANK_README_MACS))
+def test_paper_presets_are_the_published_architectures(name):
+    model = models.build(model_for(name))
+    space = WidthSpace.from_model(model, (3, 32, 32), min_ratio=0.01)  # HRank cuts 95% of conv 1
+    widths = seeds.propose(f"{name}@paper", model, space, limit=space.full_macs)
+    if name in LI_PARAMS:
+        assert 1 - space.macs(widths) / space.full_macs == pytest.approx(LI_REDUCTION[name], abs=0.005)
+        assert space.params(widths) == pytest.approx(LI_PARAMS[name], rel=0.015)
+    else:
+        assert space.macs(widths) < HRANK_README_MACS[name], "exact counts are below HRank's"
+    if name == "hrank_vgg16":
+        assert _out_only_macs(model, space, widths) == pytest.approx(108.61e6, rel=0.01)
+        assert widths.tolist() == [4, 32, 64, 64, 128, 128, 128, 52, 52, 52, 52, 103, 103, 512]
+
+
+def test_paper_presets_refuse_what_they_cannot_be():
+    model = models.build("cifar_vgg16")
+    space = WidthSpace.from_model(model, (3, 32, 32))  # min_ratio 0.1: conv 1 keeps >= 7 of 64
+    with pytest.raises(WidthError, match=r"hrank_vgg16@paper keeps 4 channels .*min_ratio.*@scaled"):
+        seeds.propose("hrank_vgg16@paper", model, space, limit=space.full_macs)
+    with pytest.raises(WidthError, match=r"li_vgg16_a@paper costs .* above the budget .*@scaled"):
+        seeds.propose("li_vgg16_a@paper", model, space, limit=0.5 * space.full_macs)
+    scaled = seeds.propose("li_vgg16_a@scaled", model, space, limit=0.5 * space.full_macs)
+    assert space.macs(scaled) <= 0.5 * space.full_macs
+    with pytest.raises(KeyError, match="@paper or @scaled"):
+        seeds.propose("li_vgg16_a@exact", model, space, limit=space.full_macs)
+
+
+def test_seed_labels_say_which_preset_fit():
+    """candidates.csv labels presets as NAME@paper or NAME@scaled (a bare name is scaled)."""
+    from types import SimpleNamespace
+
+    from structsearch import config as C
+    from structsearch.budget import MacsCost
+    from structsearch.config import ConfigError
+    from structsearch.needs import seed_proposals
+    model = models.build("cifar_vgg16")
+    space = WidthSpace.from_model(model, (3, 32, 32))
+    cfg = C.from_dict({"model": {"name": "cifar_vgg16"}, "budget": {"macs_ratio": 0.7}})
+    p = SimpleNamespace(cfg=cfg, model=model, space=space, view=MacsCost(space),
+                        budget=SimpleNamespace(limit=0.7 * space.full_macs))
+    got = seed_proposals(p, ["li_vgg16_a@paper", "li_vgg16_a", "uniform"])
+    assert [g["origin"] for g in got] == ["li_vgg16_a@paper", "li_vgg16_a@scaled", "uniform"]
+    assert got[0]["widths"] == [32, 64, 128, 128, 256, 256, 256] + [256] * 6 + [512]
+    with pytest.raises(ConfigError, match="search.seeds: .*@paper or @scaled"):
+        seed_proposals(p, ["li_vgg16_a@exactly"])
