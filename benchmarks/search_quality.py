@@ -61,7 +61,8 @@ def main() -> None:
 
     import searchers
     from structsearch import config as C
-    from structsearch.pipeline import run_baseline, run_search
+    from structsearch.commands import run_baseline
+    from structsearch.pipeline import run_search
     from structsearch.tuning import init_ray
 
     rows = {k: v for k, v in SEARCHERS.items() if not args.only or k in args.only}

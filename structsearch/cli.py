@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
 
+    p = sub.add_parser("sensitivity", help="Li et al.'s per-group pruning sensitivity curves of the "
+                                           "baseline and their width vector under the budget")
+    p.add_argument("config")
+    p.add_argument("--out")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
     p = sub.add_parser("report", help="re-render report.md and plots of a run directory")
     p.add_argument("run_dir")
 
@@ -143,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             run_search(cfg, out=args.out, config_path=args.config, resume=args.resume, address=args.address)
         elif args.command == "train":
             from . import config as config_mod
-            from .pipeline import run_baseline
+            from .commands import run_baseline
             cfg = config_mod.load(args.config, args.set)
             print(run_baseline(cfg, out=args.out, config_path=args.config))
+        elif args.command == "sensitivity":
+            from . import config as config_mod
+            from .commands import run_sensitivity
+            cfg = config_mod.load(args.config, args.set)
+            print(run_sensitivity(cfg, out=args.out, config_path=args.config))
         elif args.command == "report":
             from .report import render
             run_dir = Path(args.run_dir)

@@ -37,6 +37,21 @@ def criterion_scores(p, name: str, **params) -> list[np.ndarray]:
                          data_key=f"{p.cfg.data.name}:{p.cfg.seed}")
 
 
+def sensitivity_curves(p) -> list[dict]:
+    """Li et al.'s per-group sensitivity curves of the baseline under the run's criterion,
+    measured once: RUN_DIR/sensitivity.csv and sensitivity.png (reused on --resume)."""
+    from .sensitivity import read_csv, sensitivity, write_csv
+    path = p.run_dir / "sensitivity.csv"
+    if path.is_file():
+        return read_csv(path)
+    scores = criterion_scores(p, p.cfg.search.criterion)
+    rows = sensitivity(p.model, p.space, p.cfg.search.criterion, p.splits.val, scores=scores,
+                       device=p.device, out_png=p.run_dir / "sensitivity.png")
+    p.model.cpu()
+    write_csv(rows, path)
+    return rows
+
+
 def check_seed_names(names) -> None:
     from . import seeds
     for entry in names:
@@ -64,6 +79,8 @@ def seed_proposals(p, names) -> list[dict]:
     for entry in names:
         name, _, crit = str(entry).partition(":")
         kwargs = {"limit": p.budget.limit, "cost": p.view}
+        if name == "sensitivity":
+            kwargs["rows"] = sensitivity_curves(p)
         if name == "global":
             # Network Slimming's read-out: one threshold on raw |gamma|; L1 / HRank: per layer
             # max-normalised first (their magnitudes differ by layer).

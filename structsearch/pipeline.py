@@ -374,16 +374,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     return p.run_dir
 
 
-def run_baseline(cfg: Config, *, out: str | None = None, config_path: str | None = None) -> Path:
-    """``structsearch train``: only the baseline stage."""
-    run_dir = rundir.open_run_dir(out, config_path, resume=False)
-    p = prepare(cfg, run_dir)
-    config_mod.dump(cfg, run_dir / "config.yaml", extra={"split": p.splits.summary()})
-    stage_baseline(p)
-    return run_dir
-
-
-__all__ = ["run_search", "run_baseline", "RunDirError", "SearchFailed", "prepare", "pick_winner",
+__all__ = ["run_search", "RunDirError", "SearchFailed", "prepare", "pick_winner",
            "final_runs"]
 
 if __name__ == "__main__":  # pragma: no cover

@@ -151,6 +151,9 @@ def render(run_dir) -> Path:
     for r in ranked[:20]:
         lines.append(f"| {r['trial_id']} | {r['origin']} | {_pct(r['macs_ratio'])} | "
                      f"{_pct(r['val_acc'])} | {r['status']} |")
+    if (run_dir / "sensitivity.png").is_file():  # the sensitivity seed ran (Li et al.'s curves)
+        lines += ["", "## Pruning sensitivity per group (Li et al., Figure 2)", "",
+                  "![sensitivity](sensitivity.png)"]
     path = run_dir / "report.md"
     atomic_write(path, "\n".join(lines) + "\n")
     return path

@@ -329,7 +329,7 @@ def preset_widths(name: str, model: nn.Module, space: WidthSpace, limit: float, 
 def names() -> list[str]:
     """Proposal names accepted by :func:`propose` (a preset also as ``NAME@paper``, the
     published architecture exactly, and ``NAME@scaled``, its rates scaled to the budget)."""
-    return ["uniform", "global", "ssl", *sorted(PRESETS)]
+    return ["uniform", "global", "ssl", "sensitivity", *sorted(PRESETS)]
 
 
 PRESET_MODES = {"paper": "paper", "scaled": "scale"}
@@ -379,6 +379,12 @@ def propose(name: str, model: nn.Module, space: WidthSpace, *, limit: float, cos
         return threshold_widths(space, scores, limit, cost=cost, normalize=normalize)
     if name == "ssl":
         return ssl_widths(model, space, limit, cost=cost, **params)
+    if name == "sensitivity":  # Li et al.'s read-out of per-group sensitivity curves (``rows``)
+        from .sensitivity import li_widths
+        if "rows" not in params:
+            raise TypeError("the sensitivity proposal needs rows= (structsearch.sensitivity's "
+                            "curves of this model)")
+        return li_widths(space, params.pop("rows"), limit, cost=cost, **params)
     base, _, mode = name.partition("@")
     if base in PRESETS:
         if mode:

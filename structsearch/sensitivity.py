@@ -93,3 +93,70 @@ def plot_sensitivity(rows: list[dict], out_png) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def group_drops(rows: list[dict], at: float = 0.5) -> np.ndarray:
+    """Per group, the validation accuracy lost (baseline - accuracy) with the fraction ``at``
+    of its channels removed (the nearest measured ratio)."""
+    groups = sorted({r["group"] for r in rows})
+    drops = np.zeros(len(groups))
+    for g in groups:
+        mine = [r for r in rows if r["group"] == g]
+        base = next(r["val_acc"] for r in mine if r["ratio"] == 0.0)
+        near = min(mine, key=lambda r: abs(r["ratio"] - at))
+        drops[g] = base - near["val_acc"]
+    return drops
+
+
+def li_widths(space: WidthSpace, rows: list[dict], limit: float, *, cost=None,
+              tolerance: float = 0.02, at: float = 0.5) -> np.ndarray:
+    """Li et al.'s read-out of the sensitivity curves: groups that lose more than ``tolerance``
+    validation accuracy with the fraction ``at`` of their channels removed are sensitive and
+    kept whole; every other group keeps one common ratio, the largest that meets ``limit``
+    (bisection). When even the prunable groups at their floor cannot meet the budget, the
+    least sensitive of the sensitive groups become prunable, one by one."""
+    view = space._view(cost)
+    drops = group_drops(rows, at)
+    whole = [g for g in np.argsort(-drops, kind="stable") if drops[g] > tolerance]
+    full = np.asarray(space.full_widths, dtype=np.float64)
+    while True:
+        mask = np.zeros(len(space), dtype=bool)
+        mask[list(whole)] = True
+
+        def widths(r: float) -> np.ndarray:
+            return space.snap(np.where(mask, full, np.maximum(r * full, space.lower)))
+        if view.cost(widths(0.0)) <= limit:
+            break
+        if not whole:
+            return space.project(widths(0.0), limit, cost=view)
+        whole = whole[:-1]
+    lo, hi = 0.0, 1.0
+    if view.cost(widths(hi)) <= limit:
+        return widths(hi)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if view.cost(widths(mid)) <= limit else (lo, mid)
+    return widths(lo)
+
+
+def write_csv(rows: list[dict], path) -> Path:
+    """The curves as ``sensitivity.csv`` (group, name, ratio, width, macs, val_acc)."""
+    import csv
+    import io
+
+    from .report import atomic_write
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["group", "name", "ratio", "width", "macs", "val_acc"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def read_csv(path) -> list[dict]:
+    import csv
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{"group": int(r["group"]), "name": r["name"], "ratio": float(r["ratio"]),
+             "width": int(r["width"]), "macs": int(r["macs"]), "val_acc": float(r["val_acc"])}
+            for r in rows]

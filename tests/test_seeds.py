@@ -39,7 +39,12 @@ def test_every_proposal_is_valid_and_in_budget(name, ratio):
     model, space = model_and_space(model_for(name))
     budget = ratio * space.full_macs
     batches = [(torch.randn(4, *space.input_shape), None)]
-    widths = seeds.propose(name, model, space, limit=budget, batches=batches)
+    extra = {}
+    if name == "sensitivity":  # Li et al.'s read-out of measured curves: a synthetic set here
+        extra["rows"] = [{"group": g, "name": "", "ratio": r, "width": 0, "macs": 0,
+                          "val_acc": 0.9 - (0.2 if g == 0 else 0.0) * r}
+                         for g in range(len(space)) for r in (0.0, 0.5, 0.9)]
+    widths = seeds.propose(name, model, space, limit=budget, batches=batches, **extra)
     assert widths.dtype == np.int64
     space.validate(widths)
     assert space.macs(widths) <= budget
@@ -48,7 +53,7 @@ def test_every_proposal_is_valid_and_in_budget(name, ratio):
 
 
 def test_names_cover_every_preset():
-    assert {"uniform", "global", "ssl"} | set(PRESETS) == set(seeds.names())
+    assert {"uniform", "global", "ssl", "sensitivity"} | set(PRESETS) == set(seeds.names())
     assert {"hrank_vgg16", "hrank_resnet56", "hrank_resnet110", "li_vgg16_a", "li_resnet56_a",
             "li_resnet56_b", "li_resnet110_a", "li_resnet110_b"} == set(PRESETS)
 

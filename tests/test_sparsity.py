@@ -184,7 +184,7 @@ def test_sparsity_training_on_a_loaded_checkpoint(tmp_path):
     training with the regulariser, and the gammas shrink."""
     from minis import digits_run
     from structsearch import config as C
-    from structsearch.pipeline import run_baseline
+    from structsearch.commands import run_baseline
     from structsearch.surgery import load_state_dict_file
 
     plain = run_baseline(C.from_dict(digits_run(baseline={"epochs": 1})), out=str(tmp_path / "a"))
