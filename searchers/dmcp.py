@@ -69,7 +69,7 @@ class DMCPSampler(SearchCore):
     def __init__(self, space, *, limit, num_candidates, seed=0, view=None, chains: dict | str | None = None,
                  probs: list | None = None, chain_widths: list | None = None,
                  target_macs: float | None = None, tol: float = 0.01, max_draws: int = 20000,
-                 batch: int = 256):
+                 batch: int = 256, es_rounding: str = "block"):
         super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
         if chains is not None:
             if isinstance(chains, (str, Path)):
@@ -97,6 +97,9 @@ class DMCPSampler(SearchCore):
             if chain[-1] != space.groups[g].width:
                 raise ValueError(f"chain {g} ends at {chain[-1]} but the group is "
                                  f"{space.groups[g].width} wide")
+        if es_rounding not in ("block", "grid"):
+            raise ValueError("dmcp.es_rounding must be 'block' (the paper) or 'grid'")
+        self.es_rounding = es_rounding
         self.target_macs = float(limit if target_macs is None else target_macs)
         self.tol = float(tol)
         self.max_draws = int(max_draws)
@@ -108,10 +111,19 @@ class DMCPSampler(SearchCore):
     def expected(self) -> np.ndarray:
         return expected_widths(self.probs, self.chains)
 
+    def es_point(self) -> np.ndarray:
+        """The ES read-out: each expected width rounded to the nearest block (chain width), as
+        the paper does, or with ``es_rounding="grid"`` to the nearest grid width."""
+        e = self.expected()
+        if self.es_rounding == "grid":
+            return self.space.snap(e)
+        return np.array([c[np.argmin(np.abs(c - v - 1e-9))] for c, v in zip(self.chains, e)],
+                        dtype=np.int64)
+
     def _next(self):
         if not self.es_done:
             self.es_done = True
-            w = self.feasible(self.space.snap(self.expected()))
+            w = self.feasible(self.es_point())
             self.seen.add(w)
             return w, "dmcp:es"
         if self.exhausted:

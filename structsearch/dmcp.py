@@ -42,8 +42,8 @@ Choices where the paper leaves room (all recorded here so runs can be compared):
   unit-free meaning); as in the official code the 0.1 factor sits inside the log, so it shifts
   the reported loss but never the gradient. ``l1``/``l2`` are measured on ``E / T`` so their
   scale does not depend on the model's size.
-- ES rounds each expected width to the nearest grid width by default (``round_to="block"``
-  rounds to the nearest chain width instead).
+- ES rounds each expected width to the nearest block (chain width), as the paper does
+  (``round_to="grid"``: the nearest grid width instead).
 - A chain walk keeps block ``k`` while ``U < p_k`` (``U`` uniform in [0, 1)), i.e. stops at the
   first ``U >= p_k``: the same law as "stop at the first U > p_k", exact at ``p`` = 0 and 1.
 """
@@ -392,7 +392,7 @@ class DMCPSupernet(nn.Module):
         with torch.no_grad():
             return self.expected_width_tensor().detach().cpu().numpy()
 
-    def expected_widths(self, round_to: str = "grid") -> np.ndarray:
+    def expected_widths(self, round_to: str = "block") -> np.ndarray:
         """ES read-out: each expected width rounded to its group's grid (``round_to="grid"``) or
         to the nearest chain width, i.e. block boundary (``round_to="block"``)."""
         e = self.expected_width_values()

@@ -294,3 +294,33 @@ def test_cached_scores_compute_once_per_weights(tmp_path):
     cached_scores(criteria.get("random", seed=1), model, space, None, tmp_path)
     cached_scores(criteria.get("random", seed=2), model, space, None, tmp_path)
     assert len(list(tmp_path.glob("random-*.npz"))) == 2  # parameters are in the key
+
+
+def test_hrank_scores_a_residual_stream_at_the_block_outputs():
+    """ResNet-20's stage-1 stream: the stem's relu(bn1) and each block's output after the
+    addition (what a pruned stream channel carries; HRank's official code ranks block outputs),
+    not relu(bn2) before the addition."""
+    model, space = model_and_space("cifar_resnet20")
+    g = next(i for i, grp in enumerate(space.groups) if "layer1.0.conv2" in grp.producers)
+    batches = random_batches((3, 32, 32))
+    scores = criteria.get("hrank", num_batches=2).scores(model, space, batches)[g]
+    modules = dict(model.named_modules())
+    maps: dict = {}
+    names = ["bn1", "layer1.0", "layer1.1", "layer1.2", "layer1.0.bn2"]
+    hooks = [modules[n].register_forward_hook(
+        lambda mod, args, out, n=n: maps.setdefault(n, []).append(torch.relu(out).detach()))
+        for n in names]
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+
+    def mean_ranks(name):
+        ranks = feature_map_ranks(torch.cat(maps[name])).double().mean(0).numpy()
+        return ranks / ranks.max()
+
+    expected = sum(mean_ranks(n) for n in ["bn1", "layer1.0", "layer1.1", "layer1.2"])
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    before_add = mean_ranks("bn1") + mean_ranks("layer1.0.bn2") + mean_ranks("layer1.1") + mean_ranks("layer1.2")
+    assert not np.allclose(scores, before_add), "layer1.0 is read after its residual addition"

@@ -376,3 +376,21 @@ def test_trainable_reports_epochs_and_exports_chains(monkeypatch, tmp_path):
     es = final["chains"]["es_widths"]
     if space.macs(es) <= target:  # the ES point is proposed as is when it fits the budget
         assert from_metrics[0].widths == tuple(es)
+
+
+def test_es_rounds_each_expected_width_to_the_nearest_block():
+    """DMCP's ES read-out (the paper): E[w] = min + sum_k size_k * P_k rounded to the nearest
+    block boundary, not to the nearest grid width (still available as es_rounding="grid")."""
+    model = models.build("small_cnn", num_classes=10, in_channels=1)
+    space = WidthSpace.from_model(model, (1, 28, 28))
+    chains = [list(range(g.width // 8, g.width + 1, g.width // 8)) for g in space.groups]
+    probs = [[0.6] + [0.0] * (len(c) - 2) for c in chains]  # E[w] = min + 0.6 * block
+    kw = dict(limit=space.full_macs, num_candidates=1, probs=probs, chain_widths=chains)
+    expected = [c[0] + 0.6 * (c[1] - c[0]) for c in chains]  # e.g. 4 + 2.4 = 6.4 for 32 wide
+    block = DMCPSampler(space, **kw).ask()
+    grid = DMCPSampler(space, es_rounding="grid", **kw).ask()
+    assert block.origin == grid.origin == "dmcp:es"
+    assert list(block.widths) == [c[1] for c in chains], "6.4 is nearer the block at 8 than at 4"
+    assert list(grid.widths) == [int(round(e)) for e in expected]
+    with pytest.raises(ValueError, match="es_rounding"):
+        DMCPSampler(space, es_rounding="nearest", **kw)
