@@ -44,9 +44,10 @@ class Candidate:
                    options=config.get("options") or {})
 
 
-# The columns of candidates.csv, in order (``error`` and ``cost`` after the contract's columns).
+# The columns of candidates.csv, in order (``error``, ``cost`` and ``reconstructed``, whether
+# the least-squares reconstruction ran, after the contract's columns).
 COLUMNS = ("trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio", "val_acc",
-           "epochs", "seconds", "status", "error", "cost")
+           "epochs", "seconds", "status", "error", "cost", "reconstructed")
 
 
 def result_row(candidate: Candidate, *, trial_id: str, metrics: dict, error: str | None,
@@ -69,7 +70,8 @@ def result_row(candidate: Candidate, *, trial_id: str, metrics: dict, error: str
         "epochs": epochs, "seconds": round(float(metrics.get("time_total_s", 0.0)), 2),
         "status": status,
         "error": error if error is not None else metrics.get("error", ""),
-        "cost": cost, "token": candidate.token,
+        "cost": cost, "reconstructed": bool(metrics.get("reconstructed", False)),
+        "token": candidate.token,
     }
 
 

@@ -88,6 +88,9 @@ class SearchConfig:
     params: dict = field(default_factory=dict)  # {searcher name: {parameter: value}}
     abc: dict = field(default_factory=dict)
     fitness: str = "train"  # train | adaptive_bn (EagleEye: recalibrate BN, no training)
+    # Least-squares refit of the consumers of pruned channels before a candidate trains (He et
+    # al.'s reconstruction); null: the criterion's own default (on for lasso).
+    reconstruct: bool | None = None
     scheduler: str = "fifo"  # fifo | asha (early stopping on val_acc, grace 1 epoch)
     storage_path: str | None = None  # Tune storage (shared FS path or URI) for clusters
     max_failures: int = 0  # retries of a trial that raised (transient errors)

@@ -37,6 +37,16 @@ def criterion_scores(p, name: str, **params) -> list[np.ndarray]:
                          data_key=f"{p.cfg.data.name}:{p.cfg.seed}")
 
 
+def criterion_selection(p):
+    """The run criterion's per-width selection state on the baseline (He et al.'s LASSO: the
+    consumers' Gram matrices), computed once per run; None for criteria that keep the top-w."""
+    criterion = criteria_mod.get(p.cfg.search.criterion)
+    if type(criterion).selection_state is criteria_mod.Criterion.selection_state:
+        return None
+    batches = score_batches(p) if criterion.needs_data else None
+    return criterion.selection_state(p.model.cpu(), p.space, batches)
+
+
 def sensitivity_curves(p) -> list[dict]:
     """Li et al.'s per-group sensitivity curves of the baseline under the run's criterion,
     measured once: RUN_DIR/sensitivity.csv and sensitivity.png (reused on --resume)."""

@@ -12,8 +12,9 @@ import os
 import time
 from pathlib import Path
 
-CANDIDATE_COLUMNS = ["trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio",
-                     "val_acc", "epochs", "seconds", "status", "error", "cost"]
+from .candidate import COLUMNS
+
+CANDIDATE_COLUMNS = list(COLUMNS)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -54,6 +55,7 @@ def read_candidates(path: Path) -> list[dict]:
             row[key] = int(float(row[key])) if row.get(key) not in (None, "") else None
         for key in ("macs_ratio", "val_acc", "seconds", "cost"):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else None
+        row["reconstructed"] = row.get("reconstructed") == "True"
     return rows
 
 

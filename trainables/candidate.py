@@ -21,7 +21,8 @@ from structsearch.train import evaluate, recalibrate_bn, train
 
 from .checkpoint import report_with_weights
 from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial,
-                     injected_fault, kept_channel_scores, load_splits, widths_seed)
+                     injected_fault, kept_channel_scores, load_splits, reconstruction_batches,
+                     widths_seed)
 
 
 def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict) -> None:
@@ -37,8 +38,11 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
     device = device_for_trial()
     splits = load_splits(setup.data_spec, device)
     original = options.get("init", "inherit") == "original"
+    reconstructed = setup.reconstruct and not original
     model = build_pruned_model(setup, baseline_state, widths, inherit=not original,
-                               keep=options.get("keep"), original_init=original)
+                               keep=options.get("keep"), original_init=original,
+                               reconstruct_on=reconstruction_batches(splits.train, setup.seed)
+                               if reconstructed else None)
     if fault == "nan":
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))
@@ -50,6 +54,7 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
         if final is None:
             return
     final["seconds"] = time.perf_counter() - start
+    final["reconstructed"] = reconstructed
     if final["status"] == "ok" and options.get("channel_scores"):
         try:
             scores = kept_channel_scores(model, setup, widths, splits.train)

@@ -12,9 +12,10 @@ import torch
 
 from structsearch import data as data_mod
 from structsearch import models
+from structsearch import criteria
 from structsearch.criteria import criterion_keep
 from structsearch.space import WidthSpace
-from structsearch.surgery import prune
+from structsearch.surgery import prune, reconstruct
 from structsearch.train import TrainSpec
 
 _SPLITS_CACHE: dict = {}
@@ -34,6 +35,9 @@ class TrialSetup:
     baseline_macs: int = 0
     fault_injection: dict = field(default_factory=dict)
     fitness: str = "train"  # "train": k epochs then val accuracy; "adaptive_bn": EagleEye
+    criterion: str = "l1"  # the run's criterion (it picks each candidate's channels)
+    selection: list | None = None  # the criterion's per-width selection state (LASSO's Grams)
+    reconstruct: bool = False  # least-squares refit of the consumers before training
 
 
 def device_for_trial() -> str:
@@ -58,13 +62,16 @@ def load_splits(spec: data_mod.DataSpec, device: str):
 
 
 def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *,
-                       inherit: bool, keep=None, original_init: bool = False) -> torch.nn.Module:
+                       inherit: bool, keep=None, original_init: bool = False,
+                       reconstruct_on=None) -> torch.nn.Module:
     """The baseline (with its trained weights when ``inherit``) cut to ``widths``.
 
-    ``keep`` lists, per group, the root channels to keep (sorted or not); by default the top
-    channels of the run's criterion. Without ``inherit`` the weights are re-initialised: at
-    random, or with ``original_init`` to the run seed's initialisation of the full network, cut
-    to the kept channels (DropNet's reset to the initial weights: the same for every step).
+    ``keep`` lists, per group, the root channels to keep (sorted or not); by default the run's
+    criterion chooses them at these widths. Without ``inherit`` the weights are re-initialised:
+    at random, or with ``original_init`` to the run seed's initialisation of the full network,
+    cut to the kept channels (DropNet's reset to the initial weights: the same for every step).
+    With ``reconstruct_on`` (batches) an inherited model's consumers of pruned channels are
+    refit by least squares to the baseline's outputs (He et al.'s reconstruction).
     """
     with torch.random.fork_rng(devices=[]):
         if original_init:
@@ -73,7 +80,8 @@ def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *
     if inherit and baseline_state is not None:
         full.load_state_dict(baseline_state)
     if keep is None:
-        keep = criterion_keep(setup.scores, widths)
+        keep = criteria.get(setup.criterion).select(setup.selection, setup.scores, widths) \
+            if setup.selection is not None else criterion_keep(setup.scores, widths)
     else:
         keep = {g: np.sort(np.asarray(k, dtype=np.int64)) for g, k in enumerate(keep)}
         if [len(k) for k in keep.values()] != [int(w) for w in widths]:
@@ -81,7 +89,15 @@ def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *
     model = prune(full, setup.space, widths, keep=keep)
     if not inherit and not original_init:
         reset_parameters(model)
+    if inherit and reconstruct_on is not None:
+        reconstruct(model, full, setup.space, keep, reconstruct_on, seed=setup.seed)
     return model
+
+
+def reconstruction_batches(split, seed: int, n_images: int = 640) -> list:
+    """The fixed training images a candidate's reconstruction fits on (as the scores' sample)."""
+    sub = split.subset(min(n_images, len(split)), seed=seed)
+    return list(sub.batches(128, shuffle=False, augment=False))
 
 
 def kept_channel_scores(model: torch.nn.Module, setup: TrialSetup, widths, split,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..ranking import criterion_keep  # noqa: F401  (its old home)
+from ..ranking import criterion_keep  # (also importable from here, its old home)
 from ..space import WidthSpace
 
 
@@ -21,11 +21,23 @@ class Criterion(ABC):
     # unnormalised (Network Slimming's |gamma| after sparsity training); otherwise the global
     # read-out max-normalises each layer first (L1 and HRank magnitudes differ by layer).
     comparable_across_layers = False
+    # Whether a candidate's least-squares reconstruction (surgery.reconstruct) is part of the
+    # method by default (He et al.'s), so ``search.reconstruct`` defaults to it.
+    reconstructs = False
 
     @abstractmethod
     def scores(self, model: nn.Module, space: WidthSpace,
                batches: Iterable | None = None) -> list[np.ndarray]:
         """One score array per group of ``space`` (length = the group's width; higher = keep)."""
+
+    def selection_state(self, model: nn.Module, space: WidthSpace, batches=None):
+        """What :meth:`select` needs beyond the scores, computed once on the baseline (None: the
+        top-``w`` channels by score are the choice at every width)."""
+        return None
+
+    def select(self, state, scores: list[np.ndarray], widths) -> dict[int, np.ndarray]:
+        """The channels a candidate of ``widths`` keeps: per group, sorted root indices."""
+        return criterion_keep(scores, widths)
 
     def params(self) -> dict:
         """The constructor parameters (JSON-able), e.g. for cache keys and run records."""

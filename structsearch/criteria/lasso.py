@@ -27,7 +27,7 @@ from torch import nn
 
 from ..space import WidthSpace
 from ..surgery import reconstruct  # noqa: F401  (it lives with the rest of weight surgery)
-from .base import Criterion, forward_hooked, model_inputs
+from .base import Criterion, criterion_keep, forward_hooked, model_inputs
 
 # Gram chunks are (samples x outputs x channels) floats; 2**24 floats = 64 MiB keeps peak
 # memory flat even for 512-channel layers at ImageNet batch sizes.
@@ -248,6 +248,7 @@ class ChannelLasso(Criterion):
 
     name = "lasso"
     needs_data = True
+    reconstructs = True  # He et al. refit the consumer by least squares after the selection
 
     def __init__(self, num_batches: int = 5, points_per_image: int = 10, seed: int = 0,
                  n_alphas: int = 100):
@@ -277,6 +278,24 @@ class ChannelLasso(Criterion):
             score[order] = (len(order) - np.arange(len(order))) / len(order)
             result.append(score)
         return result
+
+
+    def selection_state(self, model, space, batches=None):
+        """Per group, the consumers' Gram matrix (numpy; None without a conv/linear consumer)."""
+        inputs = model_inputs(batches, self.num_batches)
+        grams = consumer_grams(model, space, inputs, points_per_image=self.points_per_image,
+                               seed=self.seed)
+        return [None if g is None else g.cpu().numpy() for g in grams]
+
+    def select(self, state, scores, widths):
+        """He et al.: at each candidate's own width, alpha is bisected until exactly ``w``
+        betas are non-zero (groups at full width, or without a consumer, keep their top-``w``
+        channels by score)."""
+        keep = criterion_keep(scores, widths)
+        for g, (gram, w) in enumerate(zip(state or [], widths)):
+            if gram is not None and int(w) < len(gram):
+                keep[g] = np.sort(lasso_select_gram(gram, gram.sum(1), int(w))[0])
+        return keep
 
 
 def _group_index(space: WidthSpace, group) -> int:
