@@ -43,8 +43,10 @@ def criterion_selection(p):
     criterion = criteria_mod.get(p.cfg.search.criterion)
     if type(criterion).selection_state is criteria_mod.Criterion.selection_state:
         return None
-    batches = score_batches(p) if criterion.needs_data else None
-    return criterion.selection_state(p.model.cpu(), p.space, batches)
+    if "selection" not in p.cache:  # the search, supernet and final stages share it
+        batches = score_batches(p) if criterion.needs_data else None
+        p.cache["selection"] = criterion.selection_state(p.model.cpu(), p.space, batches)
+    return p.cache["selection"]
 
 
 def sensitivity_curves(p) -> list[dict]:

@@ -35,6 +35,7 @@ class Prepared:
     budget: Budget
     view: CostView  # the budget's cost: MACs, parameters or predicted latency
     device: str
+    cache: dict = dataclasses.field(default_factory=dict)  # per-run results computed once
 
 
 def data_spec_of(cfg: Config) -> data_mod.DataSpec:

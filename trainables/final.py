@@ -30,7 +30,10 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
     inherit = protocol == "finetune"
     # Scratch runs draw their initial weights from the run's seed: reruns are identical.
     torch.manual_seed(setup.seed + {"finetune": 11, "scratch_e": 12, "scratch_b": 13}.get(protocol, 0))
-    model = build_pruned_model(setup, baseline_state, widths, inherit=inherit)
+    # The shapes are the winner's; every weight comes from its state (fine-tune) or a fresh
+    # initialisation (scratch), so which channels are cut does not matter: skip the criterion.
+    model = build_pruned_model(setup, baseline_state, widths, inherit=inherit,
+                               keep=[range(int(w)) for w in widths])
     if inherit and winner_state is not None:
         model.load_state_dict(winner_state)
     if config.get("compile") and device.startswith("cuda"):
