@@ -41,7 +41,7 @@ def criterion_selection(p):
     """The run criterion's per-width selection state on the baseline (He et al.'s LASSO: the
     consumers' Gram matrices), computed once per run; None for criteria that keep the top-w."""
     criterion = criteria_mod.get(p.cfg.search.criterion)
-    if type(criterion).selection_state is criteria_mod.Criterion.selection_state:
+    if not criterion.selects_per_width:
         return None
     if "selection" not in p.cache:  # the search, supernet and final stages share it
         batches = score_batches(p) if criterion.needs_data else None

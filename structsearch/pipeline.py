@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-from . import config as config_mod
+from . import criteria as criteria_mod
+from . import journal as search_journal
 from . import models, report, rundir
 from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
-from . import journal as search_journal
 from .journal import Journal, JournalError, journal_path, load_journal
-from . import criteria as criteria_mod
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, say
 from .rundir import RunDirError

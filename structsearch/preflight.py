@@ -98,14 +98,13 @@ def latency_view(space: WidthSpace, model, cfg: Config, run_dir: Path) -> Latenc
     device = "cuda" if cfg.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     file = run_dir / "latency.json"
     table = LatencyTable.load(file) if file.is_file() else None
-    if table is not None and (len(table.widths) != len(space) or table.device != device):
-        table = None
-    view = LatencyCost(space, table)
-    view.fresh_table = table is None  # prepare() saves a new table once the input is known good
-    if table is None:
+    fresh = table is None or len(table.widths) != len(space) or table.device != device
+    if fresh:
         say(f"latency: measuring {len(space)} groups on {device} (batch {cfg.budget.latency_batch_size})")
-        view.table = LatencyTable.measure(model, space, device=device,
-                                          batch_size=cfg.budget.latency_batch_size)
+        table = LatencyTable.measure(model, space, device=device,
+                                     batch_size=cfg.budget.latency_batch_size)
+    view = LatencyCost(space, table)
+    view.fresh_table = fresh  # prepare() saves a new table once the input is known good
     return view
 
 

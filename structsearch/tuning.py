@@ -9,11 +9,9 @@ from typing import Callable
 
 from ray import tune
 
+from .preflight import say
+
 log = logging.getLogger("structsearch")
-
-
-def say(msg: str) -> None:
-    print(f"[structsearch] {msg}", flush=True)
 
 
 def init_ray(address: str | None) -> None:

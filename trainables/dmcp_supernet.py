@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from ray import tune
 
 from structsearch import models

@@ -24,6 +24,8 @@ class Criterion(ABC):
     # Whether a candidate's least-squares reconstruction (surgery.reconstruct) is part of the
     # method by default (He et al.'s), so ``search.reconstruct`` defaults to it.
     reconstructs = False
+    # Whether the channels a candidate keeps depend on its own width (see :meth:`select`).
+    selects_per_width = False
 
     @abstractmethod
     def scores(self, model: nn.Module, space: WidthSpace,

@@ -249,6 +249,7 @@ class ChannelLasso(Criterion):
     name = "lasso"
     needs_data = True
     reconstructs = True  # He et al. refit the consumer by least squares after the selection
+    selects_per_width = True  # alpha is bisected to each candidate's own width
 
     def __init__(self, num_batches: int = 5, points_per_image: int = 10, seed: int = 0,
                  n_alphas: int = 100):
