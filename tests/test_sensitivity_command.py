@@ -65,13 +65,16 @@ def test_sensitivity_command_writes_curves_plot_and_widths(tmp_path):
     assert result["macs"] <= budget and len(result["widths"]) == len(groups)
 
 
-def test_sensitivity_seed_in_a_mini_search(tmp_path, ray_local):
+def test_sensitivity_seed_in_a_mini_search_with_lasso_reconstruction(tmp_path, ray_local):
+    """One mini search for two checks (the suite's time): the sensitivity seed runs, and
+    criterion lasso reconstructs every candidate (candidates.csv's reconstructed)."""
     from structsearch.pipeline import run_search
 
-    cfg = C.from_dict(digits_run(search={"searcher": "seeded", "seeds": ["sensitivity", "uniform"]}))
+    cfg = C.from_dict(digits_run(search={"searcher": "seeded", "criterion": "lasso",
+                                         "seeds": ["sensitivity", "uniform"]}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")
     assert {r["origin"] for r in rows} == {"seed:sensitivity", "seed:uniform"}
-    assert all(r["status"] == "ok" for r in rows)
+    assert all(r["status"] == "ok" and r["reconstructed"] for r in rows)
     assert (run / "sensitivity.csv").is_file()
     assert "![sensitivity](sensitivity.png)" in (run / "report.md").read_text()
