@@ -86,6 +86,8 @@ class SearchConfig:
     concurrent: int = 2
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     params: dict = field(default_factory=dict)  # {searcher name: {parameter: value}}
+    # {criterion name: {parameter: value}}, e.g. {lasso: {order: sequential}} (He et al.'s order)
+    criteria: dict = field(default_factory=dict)
     abc: dict = field(default_factory=dict)
     fitness: str = "train"  # train | adaptive_bn (EagleEye: recalibrate BN, no training)
     # Least-squares refit of the consumers of pruned channels before a candidate trains (He et
@@ -290,6 +292,10 @@ def _check_search(cfg: Config) -> None:
         if name not in names or not isinstance(value, dict):
             bad(f"search.params.{name}", f"expected a mapping of parameters under a searcher name "
                 f"({', '.join(names)})")
+    for name, value in (s.criteria or {}).items():
+        if not isinstance(value, dict):
+            bad(f"search.criteria.{name}", "expected a mapping of parameters under a criterion "
+                "name, e.g. search.criteria.lasso.order: sequential")
     for key, p in (s.fault_injection or {}).items():
         if key not in ("raise", "nan") or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             bad(f"search.fault_injection.{key}", "expected keys 'raise'/'nan' with probabilities in [0, 1]")

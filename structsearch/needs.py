@@ -31,7 +31,7 @@ def criterion_scores(p, name: str, **params) -> list[np.ndarray]:
     from .criteria.cache import cached_scores
     if name == "random":
         params.setdefault("seed", p.cfg.seed)
-    criterion = criteria_mod.get(name, **params)
+    criterion = criteria_mod.get(name, **{**(p.cfg.search.criteria or {}).get(name, {}), **params})
     batches = score_batches(p) if getattr(criterion, "needs_data", False) else None
     return cached_scores(criterion, p.model.cpu(), p.space, batches, p.run_dir / "scores",
                          data_key=f"{p.cfg.data.name}:{p.cfg.seed}")
@@ -40,7 +40,8 @@ def criterion_scores(p, name: str, **params) -> list[np.ndarray]:
 def criterion_selection(p):
     """The run criterion's per-width selection state on the baseline (He et al.'s LASSO: the
     consumers' Gram matrices), computed once per run; None for criteria that keep the top-w."""
-    criterion = criteria_mod.get(p.cfg.search.criterion)
+    from .preflight import run_criterion
+    criterion = run_criterion(p.cfg)
     if not criterion.selects_per_width:
         return None
     if "selection" not in p.cache:  # the search, supernet and final stages share it

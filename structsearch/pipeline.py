@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from . import criteria as criteria_mod
 from . import journal as search_journal
 from . import models, report, rundir
 from . import summary as summaries
@@ -29,7 +28,7 @@ from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
-from .preflight import Prepared, check_resources, prepare, say
+from .preflight import Prepared, check_resources, prepare, run_criterion, say
 from .rundir import RunDirError
 from .summary import SearchFailed
 from .sparsity import regularizer
@@ -108,11 +107,13 @@ def trial_setup(p: Prepared, scores, baseline: dict):
     from trainables.common import TrialSetup
     s = p.cfg.search
     spec = dataclasses.replace(baseline_spec(p.cfg), epochs=s.epochs, lr=s.lr, schedule=s.schedule)
-    criterion = criteria_mod.get(s.criterion)
+    criterion = run_criterion(p.cfg)
     return TrialSetup(model_name=p.cfg.model.name, model_kwargs=p.model_kwargs, data_spec=p.data_spec,
                       space=p.space, scores=scores, train=spec, seed=p.cfg.seed,
                       baseline_macs=int(baseline["macs"]), fault_injection=dict(s.fault_injection),
-                      fitness=s.fitness, criterion=s.criterion, selection=criterion_selection(p),
+                      fitness=s.fitness, criterion=s.criterion,
+                      criterion_params=dict((s.criteria or {}).get(s.criterion, {})),
+                      selection=criterion_selection(p),
                       reconstruct=criterion.reconstructs if s.reconstruct is None else s.reconstruct)
 
 

@@ -108,6 +108,19 @@ def latency_view(space: WidthSpace, model, cfg: Config, run_dir: Path) -> Latenc
     return view
 
 
+def run_criterion(cfg: Config, name: str | None = None):
+    """Criterion ``name`` (default: the run's) with the parameters ``search.criteria`` gives it."""
+    name = name or cfg.search.criterion
+    if name not in criteria_mod.names():
+        raise ConfigError(f"search.criteria.{name}: unknown criterion; choose one of "
+                          f"{', '.join(criteria_mod.names())}")
+    params = dict((cfg.search.criteria or {}).get(name, {}))
+    try:
+        return criteria_mod.get(name, **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"search.criteria.{name}: {exc}") from None
+
+
 def trace_space(cfg: Config, model, splits, kwargs: dict) -> WidthSpace:
     sp = cfg.space
     space = WidthSpace.from_model(model, splits.input_shape, ignore=sp.ignore, round_to=sp.round_to,
@@ -124,6 +137,8 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
     if cfg.search.criterion not in criteria_mod.names():
         raise ConfigError(f"search.criterion: unknown criterion '{cfg.search.criterion}'; choose "
                           f"one of {', '.join(criteria_mod.names())}")
+    for name in cfg.search.criteria:
+        run_criterion(cfg, name)
     if cfg.model.checkpoint and not Path(cfg.model.checkpoint).expanduser().is_file():
         raise ConfigError(f"model.checkpoint: file not found: {Path(cfg.model.checkpoint).expanduser()}")
     kinds = searchers.budget_kinds(cfg.search.searcher)

@@ -199,7 +199,7 @@ def _capture(model: nn.Module, module: nn.Module, x: torch.Tensor, *, inputs: bo
     return seen[0]
 
 
-def _ls_statistics(original_model: nn.Module, pruned_model: nn.Module, old: nn.Module,
+def ls_statistics(original_model: nn.Module, pruned_model: nn.Module, old: nn.Module,
                    new: nn.Module, out_keep: torch.Tensor, inputs, points_per_image, rng):
     """Normal-equation statistics of refitting consumer ``new`` (the pruned copy of ``old``):
     ``(P^T P, P^T T, ||T||^2)`` with regressors P the pruned model's input patches and targets T
@@ -299,7 +299,7 @@ def reconstruct(pruned_model: nn.Module, original_model: nn.Module, space: Width
             full_out = old.weight.shape[0]
             out_keep = keep_index(full_out, removed.get((name, "out")))
             out_keep = torch.arange(full_out) if out_keep is None else out_keep
-            stats = _ls_statistics(original_model, pruned_model, old, new, out_keep, inputs,
+            stats = ls_statistics(original_model, pruned_model, old, new, out_keep, inputs,
                                    points_per_image, rng)
             errors[name] = _refit(new, *stats, ridge)
     finally:

@@ -67,10 +67,12 @@ def test_sensitivity_command_writes_curves_plot_and_widths(tmp_path):
 
 def test_sensitivity_seed_in_a_mini_search_with_lasso_reconstruction(tmp_path, ray_local):
     """One mini search for two checks (the suite's time): the sensitivity seed runs, and
-    criterion lasso reconstructs every candidate (candidates.csv's reconstructed)."""
+    criterion lasso in He et al.'s sequential order selects and reconstructs every candidate
+    (candidates.csv's reconstructed; the joint order's builder is tested in test_reconstruction)."""
     from structsearch.pipeline import run_search
 
     cfg = C.from_dict(digits_run(search={"searcher": "seeded", "criterion": "lasso",
+                                         "criteria": {"lasso": {"order": "sequential"}},
                                          "seeds": ["sensitivity", "uniform"]}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")

@@ -21,7 +21,8 @@ from structsearch.train import evaluate, recalibrate_bn, train
 
 from .checkpoint import report_with_weights
 from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial,
-                     injected_fault, kept_channel_scores, load_splits, reconstruction_batches,
+                     injected_fault, kept_channel_scores, load_splits, needs_batches,
+                     reconstruction_batches,
                      widths_seed)
 
 
@@ -41,8 +42,8 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
     reconstructed = setup.reconstruct and not original
     model = build_pruned_model(setup, baseline_state, widths, inherit=not original,
                                keep=options.get("keep"), original_init=original,
-                               reconstruct_on=reconstruction_batches(splits.train, setup.seed)
-                               if reconstructed else None)
+                               batches=reconstruction_batches(splits.train, setup.seed)
+                               if needs_batches(setup, not original) else None)
     if fault == "nan":
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))

@@ -36,6 +36,7 @@ class TrialSetup:
     fault_injection: dict = field(default_factory=dict)
     fitness: str = "train"  # "train": k epochs then val accuracy; "adaptive_bn": EagleEye
     criterion: str = "l1"  # the run's criterion (it picks each candidate's channels)
+    criterion_params: dict = field(default_factory=dict)  # search.criteria[criterion]
     selection: list | None = None  # the criterion's per-width selection state (LASSO's Grams)
     reconstruct: bool = False  # least-squares refit of the consumers before training
 
@@ -61,17 +62,28 @@ def load_splits(spec: data_mod.DataSpec, device: str):
     return _SPLITS_CACHE[key]
 
 
+def run_criterion(setup: TrialSetup):
+    return criteria.get(setup.criterion, **setup.criterion_params)
+
+
+def needs_batches(setup: TrialSetup, inherit: bool) -> bool:
+    """Whether building an inherited candidate reads training images: for its reconstruction,
+    or for a criterion that selects on the model (He et al.'s sequential order)."""
+    return inherit and (setup.reconstruct or run_criterion(setup).selects_on_model)
+
+
 def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *,
                        inherit: bool, keep=None, original_init: bool = False,
-                       reconstruct_on=None) -> torch.nn.Module:
+                       batches=None) -> torch.nn.Module:
     """The baseline (with its trained weights when ``inherit``) cut to ``widths``.
 
     ``keep`` lists, per group, the root channels to keep (sorted or not); by default the run's
     criterion chooses them at these widths. Without ``inherit`` the weights are re-initialised:
     at random, or with ``original_init`` to the run seed's initialisation of the full network,
     cut to the kept channels (DropNet's reset to the initial weights: the same for every step).
-    With ``reconstruct_on`` (batches) an inherited model's consumers of pruned channels are
-    refit by least squares to the baseline's outputs (He et al.'s reconstruction).
+    ``batches`` (see :func:`needs_batches`) are the training images an inherited model's
+    selection (a criterion that ``selects_on_model``) and least-squares reconstruction of the
+    consumers of pruned channels (``setup.reconstruct``, He et al.'s) fit on.
     """
     with torch.random.fork_rng(devices=[]):
         if original_init:
@@ -79,8 +91,11 @@ def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *
         full = models.build(setup.model_name, **setup.model_kwargs)
     if inherit and baseline_state is not None:
         full.load_state_dict(baseline_state)
-    if keep is None:
-        keep = criteria.get(setup.criterion).select(setup.selection, setup.scores, widths) \
+    criterion = run_criterion(setup)
+    if keep is None and inherit and criterion.selects_on_model and batches is not None:
+        keep = criterion.select_on_model(full, setup.space, widths, batches, scores=setup.scores)
+    elif keep is None:
+        keep = criterion.select(setup.selection, setup.scores, widths) \
             if setup.selection is not None else criterion_keep(setup.scores, widths)
     else:
         keep = {g: np.sort(np.asarray(k, dtype=np.int64)) for g, k in enumerate(keep)}
@@ -89,8 +104,8 @@ def build_pruned_model(setup: TrialSetup, baseline_state: dict | None, widths, *
     model = prune(full, setup.space, widths, keep=keep)
     if not inherit and not original_init:
         reset_parameters(model)
-    if inherit and reconstruct_on is not None:
-        reconstruct(model, full, setup.space, keep, reconstruct_on, seed=setup.seed)
+    if inherit and setup.reconstruct and batches is not None:
+        reconstruct(model, full, setup.space, keep, batches, seed=setup.seed)
     return model
 
 

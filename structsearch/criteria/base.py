@@ -26,6 +26,9 @@ class Criterion(ABC):
     reconstructs = False
     # Whether the channels a candidate keeps depend on its own width (see :meth:`select`).
     selects_per_width = False
+    # Whether a candidate's channels are chosen on the baseline and data for each candidate
+    # (see :meth:`select_on_model`; He et al.'s sequential order).
+    selects_on_model = False
 
     @abstractmethod
     def scores(self, model: nn.Module, space: WidthSpace,
@@ -40,6 +43,11 @@ class Criterion(ABC):
     def select(self, state, scores: list[np.ndarray], widths) -> dict[int, np.ndarray]:
         """The channels a candidate of ``widths`` keeps: per group, sorted root indices."""
         return criterion_keep(scores, widths)
+
+    def select_on_model(self, model: nn.Module, space: WidthSpace, widths, batches,
+                        scores=None) -> dict[int, np.ndarray]:
+        """The channels a candidate keeps, chosen on the baseline ``model`` and ``batches``."""
+        raise NotImplementedError(f"{self.name} selects by scores (selects_on_model is False)")
 
     def params(self) -> dict:
         """The constructor parameters (JSON-able), e.g. for cache keys and run records."""

@@ -95,8 +95,10 @@ def _weight3(module: nn.Module) -> torch.Tensor:
 
 
 def _accumulate_gram(gram: torch.Tensor, patches: torch.Tensor, weight: torch.Tensor,
-                     idxs: torch.Tensor, roots: torch.Tensor) -> None:
-    """``gram += Z^T Z`` for contributions ``Z[s, o, r] = sum_{c -> r} sum_k W[o,c,k] P[s,c,k]``."""
+                     idxs: torch.Tensor, roots: torch.Tensor, *, target: torch.Tensor | None = None,
+                     cross: torch.Tensor | None = None) -> None:
+    """``gram += Z^T Z`` for contributions ``Z[s, o, r] = sum_{c -> r} sum_k W[o,c,k] P[s,c,k]``;
+    with ``target`` (samples x outputs) also ``cross += Z^T target``."""
     p = patches[:, idxs].float()
     w = weight[:, idxs]
     width = gram.shape[0]
@@ -111,6 +113,8 @@ def _accumulate_gram(gram: torch.Tensor, patches: torch.Tensor, weight: torch.Te
         flat = z.reshape(-1, width)
         # float32 products, float64 running sum: ranking needs no more, and it is 2x faster.
         gram += (flat.T @ flat).double()
+        if target is not None:
+            cross += (flat.T @ target[start:start + step].float().reshape(-1)).double()
 
 
 def consumer_grams(model: nn.Module, space: WidthSpace, inputs: list[torch.Tensor], *,
@@ -249,16 +253,38 @@ class ChannelLasso(Criterion):
     name = "lasso"
     needs_data = True
     reconstructs = True  # He et al. refit the consumer by least squares after the selection
-    selects_per_width = True  # alpha is bisected to each candidate's own width
 
     def __init__(self, num_batches: int = 5, points_per_image: int = 10, seed: int = 0,
-                 n_alphas: int = 100):
+                 n_alphas: int = 100, order: str = "joint"):
         if num_batches < 1 or points_per_image < 1 or n_alphas < 2:
             raise ValueError("num_batches, points_per_image must be >= 1 and n_alphas >= 2")
+        if order not in ("joint", "sequential"):
+            raise ValueError(f"order must be joint (every group on the baseline, one Gram each) "
+                             f"or sequential (He et al.'s: each group after the ones before it "
+                             f"are pruned and refit), got {order!r}")
         self.num_batches = num_batches
         self.points_per_image = points_per_image
         self.seed = seed
         self.n_alphas = n_alphas
+        self.order = order
+
+    @property
+    def selects_per_width(self) -> bool:
+        """Joint: alpha bisected per width on the baseline's Grams (state computed once)."""
+        return self.order == "joint"
+
+    @property
+    def selects_on_model(self) -> bool:
+        """Sequential: each candidate's selection runs on the baseline and data
+        (:meth:`select_on_model`)."""
+        return self.order == "sequential"
+
+    def select_on_model(self, model, space, widths, batches, scores=None):
+        """He et al.'s sequential procedure for one width vector (criteria/sequential.py)."""
+        from .sequential import sequential_keep
+        return sequential_keep(model, space, widths, batches, scores=scores,
+                               num_batches=self.num_batches,
+                               points_per_image=self.points_per_image, seed=self.seed)
 
     def scores(self, model, space, batches=None):
         inputs = model_inputs(batches, self.num_batches)
