@@ -13,10 +13,12 @@ _LAZY = {
     "WidthSpace": "space", "Group": "space", "Member": "space", "WidthError": "space",
     "prune": "surgery", "save_pruned": "surgery", "load_pruned": "surgery",
     "export_onnx": "surgery", "CheckpointError": "surgery",
+    "search": "api", "SearchResult": "api", "load_result": "api",
 }
 
 __all__ = ["WidthSpace", "Group", "Member", "WidthError", "prune", "save_pruned", "load_pruned",
-           "export_onnx", "CheckpointError", "__version__"]
+           "export_onnx", "CheckpointError", "search", "SearchResult", "load_result",
+           "__version__"]
 
 
 def __getattr__(name: str):

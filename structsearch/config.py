@@ -38,6 +38,7 @@ class DataConfig:
     val_fraction: float = 0.1
     batch_size: int = 128
     augment: bool | None = None  # None: the dataset's default
+    kwargs: dict = field(default_factory=dict)  # arguments of a package.module:factory entry point
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class DataSpec:
     seed: int = 0
     augment: bool | None = None
     workers: int = 8
+    kwargs: str = "{}"  # JSON of an entry point's keyword arguments (data.kwargs)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -102,6 +103,8 @@ def _random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tenso
 class Split:
     """One in-memory split: uint8 images ``x`` (N,C,H,W) and int64 labels ``y`` (N,).
 
+    ``x`` may also be float32, for data that arrives already normalised (your own tensors or
+    Dataset): then ``mean``/``std`` apply to the values as they are, not to a [0, 255] scale.
     ``mean``/``std`` are per-channel statistics on the [0, 1] scale; ``crop_pad`` is the zero
     padding of the random crop in pixels (0 = no crop); ``flip`` enables horizontal flips;
     ``augment_default`` is what ``train`` uses when not told otherwise.
@@ -119,14 +122,16 @@ class Split:
     _affine: tuple[torch.Tensor, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
-            raise ValueError(f"x must be uint8 N,C,H,W, got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.x.dtype not in (torch.uint8, torch.float32) or self.x.dim() != 4:
+            raise ValueError(f"x must be uint8 or float32 N,C,H,W, got {self.x.dtype} "
+                             f"{tuple(self.x.shape)}")
         if self.y.shape != (self.x.shape[0],):
             raise ValueError(f"y must have shape ({self.x.shape[0]},), got {tuple(self.y.shape)}")
         # Normalisation folded into one multiply-add: (x/255 - mean)/std.
         std = torch.tensor(self.std, dtype=torch.float32)
         mean = torch.tensor(self.mean, dtype=torch.float32)
-        scale = (1.0 / (255.0 * std)).view(1, -1, 1, 1).to(self.x.device)
+        top = 255.0 if self.x.dtype == torch.uint8 else 1.0
+        scale = (1.0 / (top * std)).view(1, -1, 1, 1).to(self.x.device)
         shift = (-mean / std).view(1, -1, 1, 1).to(self.x.device)
         object.__setattr__(self, "_affine", (scale, shift))
 
@@ -407,6 +412,9 @@ def load(
 ) -> Splits:
     """Load the dataset ``spec`` describes (keyword overrides allowed) with splits on ``device``."""
     spec = DataSpec(**overrides) if spec is None else dataclasses.replace(spec, **overrides)
+    if ":" in spec.name:  # an entry point or a Python object (structsearch.userdata)
+        from .userdata import load_user
+        return load_user(spec).to(device)
     return _REGISTRY.get(spec.name)(spec).to(device)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import journal as search_journal
-from . import models, report, rundir
+from . import entrypoints, models, report, rundir
 from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
@@ -114,6 +114,7 @@ def trial_setup(p: Prepared, scores, baseline: dict):
                       fitness=s.fitness, criterion=s.criterion,
                       criterion_params=dict((s.criteria or {}).get(s.criterion, {})),
                       selection=criterion_selection(p),
+                      objects=entrypoints.exported(p.cfg.model.name, p.cfg.data.name),
                       reconstruct=criterion.reconstructs if s.reconstruct is None else s.reconstruct)
 
 

@@ -3,6 +3,7 @@ model, its WidthSpace, the budget and its cost view, the searcher's parameters, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -41,14 +42,18 @@ class Prepared:
 def data_spec_of(cfg: Config) -> data_mod.DataSpec:
     d = cfg.data
     return data_mod.DataSpec(name=d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
-                             batch_size=d.batch_size, seed=cfg.seed, augment=d.augment)
+                             batch_size=d.batch_size, seed=cfg.seed, augment=d.augment,
+                             kwargs=json.dumps(d.kwargs, sort_keys=True))
 
 
 def load_data(cfg: Config) -> tuple[data_mod.DataSpec, data_mod.Splits]:
     spec = data_spec_of(cfg)
-    if cfg.data.name not in data_mod.names():
+    if cfg.data.name not in data_mod.names() and ":" not in cfg.data.name:
         raise ConfigError(f"data.name: unknown dataset '{cfg.data.name}'; choose one of "
-                          f"{', '.join(data_mod.names())}")
+                          f"{', '.join(data_mod.names())} or package.module:factory (your own)")
+    if cfg.data.kwargs and ":" not in cfg.data.name:
+        raise ConfigError(f"data.kwargs: only an entry point (package.module:factory) takes "
+                          f"arguments; {cfg.data.name} does not")
     return spec, data_mod.load(spec)
 
 
@@ -66,7 +71,27 @@ def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, 
         raise ConfigError(f"model.name: {exc.args[0]}") from None
     except TypeError as exc:
         raise ConfigError(f"model.kwargs: {exc}") from None
+    check_output(model, splits.input_shape, kwargs["num_classes"], cfg.model.name)
     return model, kwargs
+
+
+def check_output(model, input_shape, num_classes: int, name: str) -> None:
+    """One forward pass of two zero images: the output must be (batch, classes) logits."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *input_shape))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a model/data mismatch
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"model.name: {name} cannot run on the data's images of shape "
+                          f"{tuple(input_shape)} (C, H, W): {first[:200]}") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, num_classes):
+        raise ConfigError(f"model.name: {name} returns {shape} for a batch of 2, expected "
+                          f"(batch, {num_classes}) class logits; give the model a {num_classes}-"
+                          f"class head (or set model.num_classes to match the data)")
 
 
 def budget_target(cfg: Config, view: CostView) -> tuple[float, str]:

@@ -405,12 +405,17 @@ def read_arch(path) -> dict:
     return arch
 
 
-def build_pruned(arch: dict) -> tuple[nn.Module, WidthSpace]:
-    """Rebuild the (untrained) pruned architecture described by an ``arch.json`` dict."""
+def build_pruned(arch: dict, model=None) -> tuple[nn.Module, WidthSpace]:
+    """Rebuild the (untrained) pruned architecture described by an ``arch.json`` dict; ``model``
+    (the unpruned module, or a zero-argument factory) replaces building ``arch["model"]`` by
+    name, e.g. for a model that was passed to the search as a Python object."""
     from . import models
 
     try:
-        full = models.build(arch["model"], **arch["model_kwargs"])
+        if model is not None:
+            full = copy.deepcopy(model) if isinstance(model, nn.Module) else model()
+        else:
+            full = models.build(arch["model"], **arch["model_kwargs"])
     except KeyError as exc:
         raise CheckpointError(f"arch.json names an unknown model: {exc}") from None
     except (TypeError, ValueError) as exc:
@@ -435,11 +440,15 @@ def build_pruned(arch: dict) -> tuple[nn.Module, WidthSpace]:
     return prune(full, space, widths), space
 
 
-def load_pruned(path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_pruned` and load its weights (``weights_only``)."""
+def load_pruned(path, model=None) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pruned` and load its weights (``weights_only``).
+
+    The unpruned architecture is built from arch.json's model name (a registry name, timm or
+    torchvision model, or an importable ``package.module:factory``), or from ``model`` (the
+    unpruned module or a factory) when given."""
     path = Path(path)
     arch = read_arch(path)
-    model, _ = build_pruned(arch)
+    model, _ = build_pruned(arch, model)
     load_weights(model, (path if path.is_dir() else path.parent) / WEIGHTS_FILE)
     return model
 

@@ -27,8 +27,22 @@ def init_ray(address: str | None) -> None:
         # Workers must import this checkout's packages even when it is not pip-installed.
         root = str(Path(__file__).resolve().parent.parent)
         paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        paths += user_paths()  # where entry points (package.module:factory) import from
         # The dashboard starts when ray[default] is installed (the `dashboard` extra).
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}, **kwargs)
+
+
+def user_paths() -> list[str]:
+    """The driver's ``sys.path`` directories outside the Python installation (the working
+    directory, a test folder, a project added by hand): local workers import from them too."""
+    import sys
+    prefixes = {str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    out = []
+    for entry in sys.path:
+        path = Path(entry or os.getcwd()).resolve()
+        if path.is_dir() and not any(str(path).startswith(p) for p in prefixes):
+            out.append(str(path))
+    return list(dict.fromkeys(out))
 
 
 def trial_dirname(trial) -> str:

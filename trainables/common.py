@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from structsearch import data as data_mod
+from structsearch import entrypoints
 from structsearch import models
 from structsearch import criteria
 from structsearch.criteria import criterion_keep
@@ -39,6 +40,13 @@ class TrialSetup:
     criterion_params: dict = field(default_factory=dict)  # search.criteria[criterion]
     selection: list | None = None  # the criterion's per-width selection state (LASSO's Grams)
     reconstruct: bool = False  # least-squares refit of the consumers before training
+    # Models and data passed as Python objects (structsearch.search): they travel by value
+    # (cloudpickle) and are registered again wherever this setup is unpickled (a Ray worker).
+    objects: dict = field(default_factory=dict)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        entrypoints.adopt(state.get("objects"))
 
 
 def device_for_trial() -> str:
