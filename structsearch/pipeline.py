@@ -225,6 +225,7 @@ def announce_search(p: Prepared, core, journal: Journal) -> None:
     else:
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates "
             f"x {s.epochs} epochs, {s.concurrent} at a time, budget {p.budget.text()}")
+    say(f"watch: tensorboard --logdir {rundir.local_tune_dir(p.cfg, p.run_dir)}")
 
 
 def finish_journal(recorder, path: Path, searcher, core) -> Journal:

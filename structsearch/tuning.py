@@ -21,6 +21,9 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
+    # Printed on every local start; the authentication itself stays on.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        QuietTokenNotice())
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -47,6 +50,13 @@ def user_paths() -> list[str]:
 
 def trial_dirname(trial) -> str:
     return f"{trial.trainable_name.split('_')[0]}_{trial.trial_id}"
+
+
+class QuietTokenNotice(logging.Filter):
+    """Ray says "Token authentication is enabled for this Ray cluster" on every local start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled for this Ray cluster" not in record.getMessage()
 
 
 class NoTunerRestoreHint(logging.Filter):

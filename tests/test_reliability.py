@@ -173,6 +173,13 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     assert len({tuple(r["widths"]) for r in rows}) == N, "no candidate trained twice"
     assert all(r["status"] == "ok" for r in rows)
     assert {r["origin"].split(":")[0] for r in rows} == {"abc"}
+    # A quiet console: structsearch's lines, the right TensorBoard command, none of Tune's
+    # config boxes or its TensorBoard hint into Ray's temp dir, no token-auth notice.
+    console = "\n".join(logs)
+    assert f"watch: tensorboard --logdir {out / 'tune'}" in console, why
+    for noise in ("Configuration for experiment", "Token authentication is enabled",
+                  "tensorboard --logdir /tmp/ray", "To visualize your results with TensorBoard"):
+        assert noise not in console, (noise, why)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["search"]["evaluated"] == N
     assert (out / "winner" / "scratch_e" / "weights.pt").is_file()

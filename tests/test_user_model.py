@@ -108,3 +108,23 @@ def test_user_data_and_models_are_checked_before_ray(tmp_path):
         structsearch.search("no_such_pkg.models:net", train=(x, y), out=str(tmp_path / "d"))
     with pytest.raises(ConfigError, match="unknown keyword 'serach'"):
         structsearch.search(UserNet(), train=(x, y), serach={"candidates": 2})
+
+
+def test_readme_python_api_example_runs_as_written(tmp_path, ray_local, monkeypatch):
+    """README's "Your own model and data" example (a factory defined in the script, so it
+    travels by value), run as written from a scratch directory."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Your own model and data", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our README
+    result = namespace["result"]
+    assert result.run_dir == tmp_path / "runs" / "my-net"
+    assert result.baseline["epochs"] == 10 and result.baseline["test_acc"] > 0.5
+    assert len(result.candidates) == 4 and set(result.final) == {"finetune"}
+    assert result.summary["winner"]["macs_ratio"] <= 0.5
+    assert result.best.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
