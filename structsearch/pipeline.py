@@ -368,7 +368,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     report.write_json(summary, p.run_dir / "summary.json")
     summary.update(stage_final(p, scores, baseline, winner, winner_state))
     summary["speed"] = speedup(p.model, load_pruned(p.run_dir / "winner"), p.splits.input_shape,
-                               device=p.device)
+                               batch_size=cfg.data.batch_size, device=p.device)
     report.write_json(summary, p.run_dir / "summary.json")
     report.render(p.run_dir)
     say(f"done: {p.run_dir / 'report.md'}")

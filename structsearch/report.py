@@ -196,11 +196,7 @@ def _results_section(summary: dict) -> list[str]:
             lines.append(_model_row(label, summary[key], winner["macs"], winner["params"], base))
     lines += ["", f"Winner: trial `{winner['trial_id']}`, origin `{winner['origin']}`, widths "
               f"`{winner['widths']}`.", ""]
-    speed = summary.get("speed")
-    if speed:
-        lines += [f"Measured forward latency ({speed['device']}, batch {speed['batch_size']}): "
-                  f"baseline {speed['baseline_ms']:.2f} ms, winner {speed['winner_ms']:.2f} ms "
-                  f"({speed['speedup']:.2f}x faster).", ""]
+    lines += speed_lines(summary.get("speed"))
     protocols = {k: summary[k]["test_acc"] for k in ("finetune", "scratch_e", "scratch_b")
                  if summary.get(k) and summary[k].get("test_acc") is not None}
     if protocols:
@@ -228,3 +224,18 @@ def write_width_histograms(rows: list[dict], full_widths, logdir: Path) -> None:
             if r.get("val_acc") is not None:
                 writer.add_scalar("candidate/val_acc", r["val_acc"], step)
             writer.add_scalar("candidate/macs_ratio", r.get("macs_ratio") or 0.0, step)
+
+
+def speed_lines(speed: dict | None) -> list[str]:
+    """The measured speed-up: one row per runtime and batch size (older runs: one line)."""
+    if not speed:
+        return []
+    runs = speed.get("runs") or [dict(speed, runtime="torch")]
+    how = speed.get("method", "median")
+    lines = [f"Measured forward latency on {speed['device']} ({speed.get('threads', '?')} "
+             f"threads; baseline and winner {how}):", "",
+             "| runtime | batch | baseline ms | winner ms | speed-up |", "|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['runtime']} | {r['batch_size']} | {r['baseline_ms']:.2f} | "
+                     f"{r['winner_ms']:.2f} | {r['speedup']:.2f}x |")
+    return lines + [""]

@@ -79,8 +79,14 @@ def test_final_stage_reports_all_protocols(mini_run):
     assert summary["scratch_b"]["epochs"] == int(3 * ratio), "uncapped by default, int() as Liu et al."
     speed = summary["speed"]
     assert speed["baseline_ms"] > 0 and speed["winner_ms"] > 0
+    # Interleaved timings under both runtimes (onnxruntime is in the test extra), at batch 1
+    # and the training batch; the headline is torch's at the training batch.
+    got = {(r["runtime"], r["batch_size"]) for r in speed["runs"]}
+    assert got == {(rt, b) for rt in ("torch", "onnxruntime") for b in (1, cfg.data.batch_size)}
+    assert speed["batch_size"] == cfg.data.batch_size and speed["method"].startswith("interleaved")
+    assert all(r["speedup"] == pytest.approx(r["baseline_ms"] / r["winner_ms"]) for r in speed["runs"])
     report = (run / "report.md").read_text()
-    assert "Measured forward latency" in report
+    assert "Measured forward latency" in report and "| onnxruntime | 1 |" in report
     for word in ("baseline", "fine-tune", "Scratch-E", "Scratch-B", "pareto.png", "widths.png"):
         assert word in report
 
