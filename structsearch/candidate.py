@@ -44,10 +44,11 @@ class Candidate:
                    options=config.get("options") or {})
 
 
-# The columns of candidates.csv, in order (``error``, ``cost`` and ``reconstructed``, whether
-# the least-squares reconstruction ran, after the contract's columns).
+# The columns of candidates.csv, in order (``error``, ``cost``, ``reconstructed``, whether the
+# least-squares reconstruction ran, and ``node``, the Ray node the trial ran on, after the
+# contract's columns).
 COLUMNS = ("trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio", "val_acc",
-           "epochs", "seconds", "status", "error", "cost", "reconstructed")
+           "epochs", "seconds", "status", "error", "cost", "reconstructed", "node")
 
 
 def result_row(candidate: Candidate, *, trial_id: str, metrics: dict, error: str | None,
@@ -71,6 +72,7 @@ def result_row(candidate: Candidate, *, trial_id: str, metrics: dict, error: str
         "status": status,
         "error": error if error is not None else metrics.get("error", ""),
         "cost": cost, "reconstructed": bool(metrics.get("reconstructed", False)),
+        "node": str(metrics.get("node") or ""),
         "token": candidate.token,
     }
 

@@ -17,12 +17,23 @@ def report_with_weights(metrics: dict, model: torch.nn.Module, *, weights_file: 
                         files: dict | None = None) -> None:
     """``tune.report(metrics)`` with a checkpoint holding ``model``'s state_dict (on the CPU)
     and ``files`` (name -> JSON-able data) beside it."""
+    metrics = dict(metrics, node=node_id())
     with tempfile.TemporaryDirectory() as tmp:
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         torch.save(state, os.path.join(tmp, weights_file))
         for name, data in (files or {}).items():
             Path(tmp, name).write_text(json.dumps(data))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def node_id() -> str:
+    """The Ray node this trial runs on (the first 12 hex digits of its node ID), so a cluster
+    run's candidates.csv says where each candidate trained."""
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id()[:12]
+    except Exception:  # noqa: BLE001 - outside Ray (direct calls in tests and benchmarks)
+        return ""
 
 
 def checkpoint_weights(checkpoint, *, weights_file: str = WEIGHTS_FILE) -> dict:
