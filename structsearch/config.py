@@ -112,6 +112,10 @@ class FinalConfig:
     scratch_b_max_factor: float | None = None
     scratch_lr: float | None = None  # None: baseline lr
     compile: bool = False  # torch.compile the final runs on CUDA (candidates never: new shapes each)
+    # One-shot baselines at the same budget, trained like the winner (a candidate's epochs from
+    # the baseline's weights, then the fine-tune): "was the search worth it?". Seed names
+    # (uniform, global = global:<search.criterion>, global:<criterion>, presets); [] for none.
+    baselines: tuple = ("uniform", "global")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
+from .finalruns import final_runs, oneshot_runs, run_dir_of
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
 from .rundir import RunDirError
@@ -90,7 +91,8 @@ def stage_baseline(p: Prepared) -> dict:
                "macs": int(p.space.macs(p.space.full_widths)),
                "params": int(sum(t.numel() for t in p.model.parameters())),
                "epochs": baseline_epochs(p.cfg),
-               "source": p.cfg.model.checkpoint or "trained", "seconds": time.perf_counter() - start}
+               "source": p.cfg.model.checkpoint or "trained", "seconds": time.perf_counter() - start,
+               "test_images": len(p.splits.test)}
     p.model.cpu()
     tmp = out / (WEIGHTS_FILE + ".tmp")
     torch.save({k: v.detach().cpu() for k, v in p.model.state_dict().items()}, tmp)
@@ -241,30 +243,6 @@ def finish_journal(recorder, path: Path, searcher, core) -> Journal:
     return journal
 
 
-def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
-    """The final stage's runs (Liu et al.): fine-tune, Scratch-E, Scratch-B (epochs scaled by
-    baseline MACs / pruned MACs, as ``int()`` like the official code; capped by
-    ``final.scratch_b_max_factor`` when set: Liu et al. cap at 2x on ImageNet only)."""
-    f, b = cfg.final, cfg.baseline
-    scratch_lr = f.scratch_lr or b.lr
-    runs = []
-    if f.finetune_epochs >= 0:
-        runs.append({"protocol": "finetune", "epochs": f.finetune_epochs, "lr": f.finetune_lr,
-                     "schedule": "constant"})
-    if "E" in f.scratch:
-        runs.append({"protocol": "scratch_e", "epochs": b.epochs, "lr": scratch_lr, "schedule": b.schedule})
-    if "B" in f.scratch:
-        factor = baseline["macs"] / max(winner["macs"], 1)
-        if f.scratch_b_max_factor is not None:
-            factor = min(factor, f.scratch_b_max_factor)
-        runs.append({"protocol": "scratch_b", "epochs": int(b.epochs * factor),
-                     "lr": scratch_lr, "schedule": b.schedule})
-    for r in runs:
-        r["widths"] = list(winner["widths"])
-        r["compile"] = bool(f.compile)
-    return runs
-
-
 def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state: dict) -> dict:
     """The winner trained by every protocol, in parallel; RUN_DIR/winner/<protocol>/."""
     from ray import tune
@@ -273,11 +251,12 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
 
     from .tuning import Progress
     done = {}
-    for key in PROTOCOLS:
-        file = p.run_dir / "winner" / key / "metrics.json"
+    every = final_runs(p.cfg, baseline, winner) + oneshot_runs(p)
+    for run in every:
+        file = run_dir_of(p, run) / "metrics.json"
         if file.is_file():
-            done[key] = json.loads(file.read_text())
-    runs = {r["protocol"]: r for r in final_runs(p.cfg, baseline, winner) if r["protocol"] not in done}
+            done[run["key"]] = json.loads(file.read_text())
+    runs = {r["key"]: r for r in every if r["key"] not in done}
     if not runs:
         return done
     say("final: " + ", ".join(f"{k} {r['epochs']} ep" for k, r in runs.items()) + " in parallel")
@@ -293,9 +272,15 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         if result.error is not None:
             say(f"final: {key} failed: {str(result.error).splitlines()[-1][:200]}")
             continue
+        run = runs[key]
         entry = {k: result.metrics.get(k) for k in ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")}
-        out = p.run_dir / "winner" / key
-        save_trained(p, winner["widths"], result.checkpoint, out)
+        if run.get("source") == "oneshot":
+            w = run["widths"]
+            entry.update(widths=w, macs=int(p.space.macs(w)), params=int(p.space.params(w)),
+                         macs_ratio=float(p.space.macs(w)) / baseline["macs"],
+                         cost=float(p.view.cost(w)), pre_epochs=p.cfg.search.epochs)
+        out = run_dir_of(p, run)
+        save_trained(p, run["widths"], result.checkpoint, out)
         report.write_json(entry, out / "metrics.json")
         done[key] = entry
     return done
@@ -366,15 +351,16 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
         raise summaries.no_winner(rows, p.run_dir)
     winner_state = keep_winner(p, rows, winner, summary)
     report.write_json(summary, p.run_dir / "summary.json")
-    summary.update(stage_final(p, scores, baseline, winner, winner_state))
+    summary.update(summaries.final_entries(stage_final(p, scores, baseline, winner, winner_state)))
     summary["speed"] = speedup(p.model, load_pruned(p.run_dir / "winner"), p.splits.input_shape,
                                batch_size=cfg.data.batch_size, device=p.device)
     report.write_json(summary, p.run_dir / "summary.json")
     report.render(p.run_dir)
     say(f"done: {p.run_dir / 'report.md'}")
-    for key in PROTOCOLS:
-        if summary.get(key):
-            say(f"  {key}: test {100 * summary[key]['test_acc']:.2f}% "
+    for key, entry in [(k, summary.get(k)) for k in PROTOCOLS] + [
+            (f"one-shot {k}", v) for k, v in summary.get("oneshot", {}).items()]:
+        if entry:
+            say(f"  {key}: test {100 * entry['test_acc']:.2f}% "
                 f"(baseline {100 * baseline['test_acc']:.2f}%)")
     return p.run_dir
 

@@ -187,8 +187,12 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
             raise ConfigError(f"model.checkpoint: {exc}") from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     prepared = Prepared(cfg, run_dir, splits, spec, kwargs, model, space, budget, view, device)
-    from .needs import check_searcher
+    from .needs import check_searcher, check_seed_names
     check_searcher(prepared)
+    try:
+        check_seed_names(cfg.final.baselines)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("search.seeds", "final.baselines", 1)) from None
     run_dir.mkdir(parents=True, exist_ok=True)
     if getattr(view, "fresh_table", False):
         view.table.save(run_dir / "latency.json")

@@ -147,6 +147,7 @@ def render(run_dir) -> Path:
               f"{search.get('evaluated', len(rows))} candidates "
               f"({search.get('errors', 0)} failed) in {search.get('seconds', 0):.0f} s.", ""]
     lines += _results_section(summary)
+    lines += oneshot_section(summary)
     lines += ["![pareto](pareto.png)", "", "## Candidates (best 20 by validation accuracy)", "",
               "| trial | origin | MACs % | val acc % | status |", "|---|---|---|---|---|"]
     ranked = sorted(rows, key=lambda r: (r["status"] != "ok", -(r["val_acc"] or 0)))
@@ -204,6 +205,37 @@ def _results_section(summary: dict) -> list[str]:
         lines += [f"Best protocol on the test split: **{best}** "
                   f"({100 * protocols[best]:.2f}%; baseline {_pct(base.get('test_acc'))}%).", ""]
     return lines + ["![widths](widths.png)", ""]
+
+
+def oneshot_section(summary: dict) -> list[str]:
+    """"Was the search worth it?": the fine-tuned winner beside the one-shot baselines at the
+    same budget, trained by the same protocol (a candidate's epochs, then the fine-tune)."""
+    oneshot, winner = summary.get("oneshot") or {}, summary.get("finetune")
+    if not oneshot or not winner or winner.get("test_acc") is None:
+        return []
+    base = summary["baseline"]
+    lines = ["## Was the search worth it?", "",
+             "One-shot width vectors at the same budget, trained like the winner (the search's "
+             "candidate epochs from the baseline's weights, then the same fine-tune), on the "
+             "same test split:", "",
+             "| structure | MACs % | test acc % | winner minus this (points) |", "|---|---|---|---|",
+             f"| search winner ({summary.get('winner', {}).get('origin', '?')}) | "
+             f"{_pct(summary['winner']['macs_ratio'])} | {_pct(winner['test_acc'])} | |"]
+    for name, entry in oneshot.items():
+        diff = 100 * (winner["test_acc"] - entry["test_acc"]) if entry.get("test_acc") is not None \
+            else None
+        lines.append(f"| one-shot {name} | {_pct(entry.get('macs_ratio'))} | "
+                     f"{_pct(entry.get('test_acc'))} | "
+                     f"{'-' if diff is None else f'{diff:+.2f}'} |")
+    best = max((e.get("test_acc") or 0 for e in oneshot.values()), default=0)
+    verdict = "ahead of" if winner["test_acc"] > best else "level with" \
+        if winner["test_acc"] == best else "behind"
+    n, acc = base.get("test_images"), winner["test_acc"]
+    noise = f"; one test accuracy's standard error is about " \
+        f"{100 * (acc * (1 - acc) / n) ** 0.5:.2f} points on {n} images" if n else ""
+    lines += ["", f"The search's winner is **{verdict}** the best one-shot baseline on this run "
+              f"(one seed{noise}).", ""]
+    return lines
 
 
 def write_width_histograms(rows: list[dict], full_widths, logdir: Path) -> None:

@@ -62,3 +62,11 @@ def winner_entry(winner: dict, budget) -> dict:
     if budget.kind == "latency":
         entry["latency_ms"] = winner["cost"]
     return entry
+
+
+def final_entries(done: dict) -> dict:
+    """The final stage's results as summary.json keys: one per winner protocol, and
+    ``oneshot`` mapping each one-shot baseline's name to its result."""
+    out = {k: v for k, v in done.items() if not k.startswith("oneshot:")}
+    out["oneshot"] = {k.split(":", 1)[1]: v for k, v in done.items() if k.startswith("oneshot:")}
+    return out

@@ -10,7 +10,8 @@ DIGITS_RUN = {
     "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
     "budget": {"macs_ratio": 0.5},
     "search": {"searcher": "random", "candidates": 4, "epochs": 1, "lr": 0.02, "concurrent": 2},
-    "final": {"finetune_epochs": 0, "scratch": []},
+    # One-shot baselines off: each adds two final trials; tests/test_pipeline.py turns them on.
+    "final": {"finetune_epochs": 0, "scratch": [], "baselines": []},
 }
 
 

@@ -66,6 +66,7 @@ _OTHER_VOCABULARY = {
     ("structsearch/needs.py", "random"): "the random criterion gets the run's seed",
     ("structsearch/needs.py", "uniform"): "the uniform seed proposal",
     ("structsearch/seeds.py", "uniform"): "the uniform seed proposal",
+    ("structsearch/config.py", "uniform"): "final.baselines' default: the uniform seed proposal",
     ("structsearch/criteria/__init__.py", "random"): "the random criterion's registry name",
     ("structsearch/criteria/random.py", "random"): "the random criterion's name",
 }

@@ -15,7 +15,8 @@ from structsearch.train import evaluate
 
 MINI = digits_run(baseline={"epochs": 3},
                   search={"searcher": "random+uniform", "resources": {"cpu": 1, "gpu": 0}},
-                  final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E", "B"]})
+                  final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E", "B"],
+                         "baselines": ["uniform", "global"]})
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,15 @@ def test_final_stage_reports_all_protocols(mini_run):
     assert all(r["speedup"] == pytest.approx(r["baseline_ms"] / r["winner_ms"]) for r in speed["runs"])
     report = (run / "report.md").read_text()
     assert "Measured forward latency" in report and "| onnxruntime | 1 |" in report
+    # The one-shot baselines at the same budget, trained like the winner, beside it.
+    oneshot = summary["oneshot"]
+    assert set(oneshot) == {"uniform", "global:l1"}
+    limit = summary["budget"]["max_macs"]
+    for name, entry in oneshot.items():
+        assert entry["macs"] <= limit and 0.1 < entry["test_acc"] <= 1.0, name
+        assert entry["epochs"] == 1 and entry["pre_epochs"] == cfg.search.epochs
+        assert (run / "oneshot" / name.replace(":", "_") / "weights.pt").is_file()
+    assert "## Was the search worth it?" in report and "| one-shot global:l1 |" in report
     for word in ("baseline", "fine-tune", "Scratch-E", "Scratch-B", "pareto.png", "widths.png"):
         assert word in report
 

@@ -13,29 +13,26 @@ from ray import tune
 from structsearch.train import TrainSpec, evaluate, train
 
 from .checkpoint import report_with_weights
-from .common import TrialSetup, build_pruned_model, cpu_threads, device_for_trial, load_splits
+from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial, load_splits,
+                     needs_batches, reconstruction_batches, widths_seed)
 
 
 def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
                     winner_state: dict | None, runs: dict) -> None:
-    """``config``: ``protocol``, one of ``runs`` (protocol -> ``widths``, ``epochs``, ``lr``,
-    ``schedule``, ``compile``)."""
+    """``config``: ``protocol``, a key of ``runs`` (key -> ``protocol``, ``widths``, ``epochs``,
+    ``lr``, ``schedule``, ``compile``; a one-shot baseline also has ``source: oneshot``)."""
     cpu_threads()
-    config = runs[config["protocol"]]
+    key = config["protocol"]
+    config = runs[key]
     start = time.perf_counter()
     widths = [int(w) for w in config["widths"]]
     protocol = config["protocol"]
     device = device_for_trial()
     splits = load_splits(setup.data_spec, device)
-    inherit = protocol == "finetune"
-    # Scratch runs draw their initial weights from the run's seed: reruns are identical.
-    torch.manual_seed(setup.seed + {"finetune": 11, "scratch_e": 12, "scratch_b": 13}.get(protocol, 0))
-    # The shapes are the winner's; every weight comes from its state (fine-tune) or a fresh
-    # initialisation (scratch), so which channels are cut does not matter: skip the criterion.
-    model = build_pruned_model(setup, baseline_state, widths, inherit=inherit,
-                               keep=[range(int(w)) for w in widths])
-    if inherit and winner_state is not None:
-        model.load_state_dict(winner_state)
+    if config.get("source") == "oneshot":
+        model = oneshot_candidate(setup, baseline_state, widths, splits, device)
+    else:
+        model = winner_model(setup, baseline_state, winner_state, widths, protocol)
     if config.get("compile") and device.startswith("cuda"):
         # One architecture trained for many epochs: compiling pays off here, unlike candidates.
         model = model.to(device)
@@ -45,7 +42,7 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
 
     def on_epoch(epoch: int, metrics: dict):
         if epoch < spec.epochs:
-            tune.report({"protocol": protocol, "epoch": epoch, "val_acc": metrics["val_acc"]})
+            tune.report({"protocol": key, "epoch": epoch, "val_acc": metrics["val_acc"]})
 
     result = {}
     if spec.epochs > 0:
@@ -53,8 +50,38 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
                        seed=setup.seed + 1, on_epoch=on_epoch)
     test = evaluate(model, splits.test, device=device)
     val = evaluate(model, splits.val, device=device)
-    final = {"protocol": protocol, "epoch": spec.epochs, "val_acc": val["top1"],
+    final = {"protocol": key, "epoch": spec.epochs, "val_acc": val["top1"],
              "test_acc": test["top1"], "test_loss": test["loss"], "epochs": spec.epochs,
              "lr": spec.lr, "seconds": time.perf_counter() - start,
              "train_loss": result.get("train_loss")}
     report_with_weights(final, model)
+
+
+def winner_model(setup: TrialSetup, baseline_state: dict, winner_state: dict | None, widths,
+                 protocol: str) -> torch.nn.Module:
+    """The winner's architecture: its trained weights (fine-tune) or a fresh initialisation."""
+    inherit = protocol == "finetune"
+    # Scratch runs draw their initial weights from the run's seed: reruns are identical.
+    torch.manual_seed(setup.seed + {"finetune": 11, "scratch_e": 12, "scratch_b": 13}.get(protocol, 0))
+    # The shapes are the winner's; every weight comes from its state (fine-tune) or a fresh
+    # initialisation (scratch), so which channels are cut does not matter: skip the criterion.
+    model = build_pruned_model(setup, baseline_state, widths, inherit=inherit,
+                               keep=[range(int(w)) for w in widths])
+    if inherit and winner_state is not None:
+        model.load_state_dict(winner_state)
+    return model
+
+
+def oneshot_candidate(setup: TrialSetup, baseline_state: dict, widths, splits,
+                      device: str) -> torch.nn.Module:
+    """A one-shot baseline brought to where the winner starts its fine-tune: cut from the
+    baseline by the run's criterion (and reconstruction), then trained as a candidate is (the
+    search's epochs, lr and schedule, seeded by its widths)."""
+    batches = reconstruction_batches(splits.train, setup.seed) if needs_batches(setup, True) \
+        else None
+    model = build_pruned_model(setup, baseline_state, widths, inherit=True, batches=batches)
+    if setup.fitness == "train" and setup.train.epochs > 0:
+        train(model, splits.train, setup.train, device=device,
+              seed=widths_seed(widths, setup.seed))
+    torch.manual_seed(setup.seed + 11)
+    return model

@@ -1,0 +1,58 @@
+"""What the final stage trains: the winner by each of Liu et al.'s protocols, and the one-shot
+baselines at the same budget by the winner's protocol (see ``final.baselines``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import Config
+from .preflight import Prepared
+from .needs import seed_proposals
+
+
+def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
+    """The final stage's runs (Liu et al.): fine-tune, Scratch-E, Scratch-B (epochs scaled by
+    baseline MACs / pruned MACs, as ``int()`` like the official code; capped by
+    ``final.scratch_b_max_factor`` when set: Liu et al. cap at 2x on ImageNet only)."""
+    f, b = cfg.final, cfg.baseline
+    scratch_lr = f.scratch_lr or b.lr
+    runs = []
+    if f.finetune_epochs >= 0:
+        runs.append({"protocol": "finetune", "epochs": f.finetune_epochs, "lr": f.finetune_lr,
+                     "schedule": "constant"})
+    if "E" in f.scratch:
+        runs.append({"protocol": "scratch_e", "epochs": b.epochs, "lr": scratch_lr, "schedule": b.schedule})
+    if "B" in f.scratch:
+        factor = baseline["macs"] / max(winner["macs"], 1)
+        if f.scratch_b_max_factor is not None:
+            factor = min(factor, f.scratch_b_max_factor)
+        runs.append({"protocol": "scratch_b", "epochs": int(b.epochs * factor),
+                     "lr": scratch_lr, "schedule": b.schedule})
+    for r in runs:
+        r["widths"] = list(winner["widths"])
+        r["compile"] = bool(f.compile)
+        r["key"] = r["protocol"]
+    return runs
+
+
+def oneshot_runs(p: Prepared) -> list[dict]:
+    """The one-shot baselines at the run's budget (``final.baselines``), each trained like the
+    winner: a candidate's training from the baseline's weights (the run's criterion picks the
+    channels), then the winner's fine-tune."""
+    f = p.cfg.final
+    if not f.baselines:
+        return []
+    runs = []
+    for proposal in seed_proposals(p, list(f.baselines)):
+        name = proposal["origin"] if proposal["origin"] != "global" else \
+            f"global:{p.cfg.search.criterion}"
+        runs.append({"key": f"oneshot:{name}", "protocol": "finetune", "source": "oneshot",
+                     "name": name, "widths": proposal["widths"], "epochs": f.finetune_epochs,
+                     "lr": f.finetune_lr, "schedule": "constant", "compile": bool(f.compile)})
+    return runs
+
+
+def run_dir_of(p: Prepared, run: dict) -> Path:
+    """Where a final-stage run's model and metrics go: winner/<protocol> or oneshot/<name>."""
+    if run.get("source") == "oneshot":
+        return p.run_dir / "oneshot" / run["name"].replace(":", "_").replace("@", "_")
+    return p.run_dir / "winner" / run["protocol"]
