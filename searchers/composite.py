@@ -14,6 +14,7 @@ class CompositeSearch(SearchCore):
     def __init__(self, space, parts: list[SearchCore], *, limit, seed=0, view=None):
         total = sum(p.num_candidates for p in parts)
         super().__init__(space, limit=limit, num_candidates=total, seed=seed, view=view)
+        self.shortfall = "; ".join(f"{p.name}: {p.shortfall}" for p in parts if p.shortfall)
         self.parts = parts
         self.name = "+".join(p.name for p in parts)
         self.turn = 0

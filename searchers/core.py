@@ -82,6 +82,8 @@ class SearchCore(ABC):
                              f"({self.view.floor:.4g} {self.view.unit})")
         self.limit = float(limit)
         self.num_candidates = int(num_candidates)
+        # Why the searcher proposes fewer than the candidates asked for (one line), if it does.
+        self.shortfall = ""
         self.rng = np.random.default_rng(seed)
         self.asked = 0
         self.pending: dict[int, Candidate] = {}

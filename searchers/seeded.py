@@ -26,6 +26,9 @@ class SeededProposals(SearchCore):
         if not queue:
             raise ValueError("the seeded searcher needs at least one proposal")
         self.queue = queue[:num_candidates]
+        if len(self.queue) < num_candidates:
+            self.shortfall = (f"one candidate per distinct seeded proposal, and there are "
+                              f"{len(self.queue)}")
         self.num_candidates = len(self.queue)
 
     def _next(self):

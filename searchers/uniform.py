@@ -26,6 +26,9 @@ class UniformSweep(SearchCore):
             if len(vectors) == num_candidates:
                 break
         self.queue = vectors
+        if len(vectors) < num_candidates:
+            self.shortfall = (f"only {len(vectors)} distinct uniform width vectors lie between "
+                              f"{low:g}x and 1x the largest ratio within the budget")
         self.num_candidates = len(vectors)
 
     def _next(self):

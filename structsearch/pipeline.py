@@ -227,6 +227,9 @@ def announce_search(p: Prepared, core, journal: Journal) -> None:
     else:
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates "
             f"x {s.epochs} epochs, {s.concurrent} at a time, budget {p.budget.text()}")
+        if core.num_candidates < s.candidates:
+            say(f"search: {core.num_candidates} of the {s.candidates} candidates asked for "
+                f"({getattr(core, 'shortfall', '') or 'the searcher has no more to propose'})")
     say(f"watch: tensorboard --logdir {rundir.local_tune_dir(p.cfg, p.run_dir)}")
 
 

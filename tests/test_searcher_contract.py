@@ -135,6 +135,18 @@ def test_uniform_sweep_is_monotone_and_below_budget(space):
     assert macs[0] <= budget and macs[0] >= 0.85 * budget
 
 
+def test_a_searcher_that_runs_out_of_proposals_says_why(space):
+    budget = 0.5 * space.full_macs
+    core = searchers.build("uniform", space, limit=budget, num_candidates=500, seed=0)
+    props = drive(core, space)
+    assert len(props) == core.num_candidates < 500
+    assert core.shortfall.startswith(f"only {core.num_candidates} distinct uniform width vectors")
+    both = searchers.build("random+uniform", space, limit=budget, num_candidates=1000, seed=0)
+    assert both.shortfall.startswith("uniform: only ")
+    full = searchers.build("uniform", space, limit=budget, num_candidates=3, seed=0)
+    assert full.num_candidates == 3 and full.shortfall == ""
+
+
 def test_ray_adapter_suggest_and_complete(space):
     from ray.tune.search import Searcher
     from searchers.adapter import TuneSearcher
