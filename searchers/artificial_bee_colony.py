@@ -1,16 +1,20 @@
 """Artificial bee colony over width vectors (Lin et al., "Channel Pruning via Automatic Structure
 Search", ABCPruner, IJCAI 2020).
 
-Food sources are width vectors, stored as one level index per group. ``encoding="code"`` uses
-ABCPruner's space (level k in 1..max_preserve keeps ceil(c * k / 10) channels);
-``encoding="grid"`` searches the space's own width grid. Each phase's candidates are independent,
+Food sources are width vectors, stored as one level index per group. ``encoding="grid"`` (the
+default) searches the space's own width grid; ``encoding="tenths"`` is ABCPruner's code space
+(level k in 1..max_preserve keeps ceil(c * k / 10) channels), whose coarse levels leave budget
+unspent (issue 16: winners at two thirds of a 15% budget). Every source is widened to spend at
+least ``fill`` of the budget, and the initial sources are seeded by default with one uniform
+ratio and the run criterion's global threshold (the one-shot baselines the colony must beat). Each phase's candidates are independent,
 so a phase is suggested as one batch of parallel trials and the next phase waits for all of them
 (``ask`` returns None meanwhile).
 
 Departures from the official code, all deliberate: every dimension and every level can be
 chosen (the official code never mutates the last dimension or picks the top level); every
-candidate is projected into the MACs budget; a width vector already evaluated reuses its fitness
-instead of training again; fitness is validation accuracy; initial sources can be seeded.
+candidate is projected into the budget and widened to spend at least ``fill`` of it; a width
+vector already evaluated reuses its fitness instead of training again; fitness is validation
+accuracy; initial sources are seeded (``search.seeds``; default uniform and global).
 """
 from __future__ import annotations
 
@@ -24,15 +28,21 @@ from .core import FINISHED, WORST, Need, SearchCore
 class ArtificialBeeColony(SearchCore):
     name = "abc"
 
-    needs = (Need("seed_proposals", "initial"),)
+    needs = (Need("seed_proposals", "initial", default=True,
+                  options={"seeds": ("uniform", "global")}),)
 
     def __init__(self, space, *, limit, num_candidates, seed=0, view=None, food_number: int = 10,
                  food_limit: int = 5, honeychange_num: int = 2, max_cycle: int = 10,
-                 max_preserve: int = 9, encoding: str = "code", initial: list | None = None,
-                 init_fraction: float = 0.8):
+                 max_preserve: int = 9, encoding: str = "grid", initial: list | None = None,
+                 init_fraction: float = 0.97, fill: float = 0.97):
         super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
-        if encoding not in ("code", "grid"):
-            raise ValueError("abc.encoding must be 'code' or 'grid'")
+        encoding = "tenths" if encoding == "code" else encoding  # "code": the earlier name
+        if encoding not in ("tenths", "grid"):
+            raise ValueError("abc.encoding must be 'grid' (the space's widths) or 'tenths' "
+                             "(ABCPruner's codes)")
+        if not 0 <= fill <= 1:
+            raise ValueError("abc.fill must be in [0, 1] (the share of the budget sources spend)")
+        self.fill_fraction = float(fill)
         if food_number < 2:
             raise ValueError("abc.food_number must be >= 2 (a neighbour needs another source)")
         if not 1 <= max_preserve <= 10:
@@ -84,10 +94,11 @@ class ArtificialBeeColony(SearchCore):
                          for lv, w in zip(self.levels, widths)], dtype=np.int64)
 
     def _repair(self, pos) -> np.ndarray:
+        """Into the budget (projected down), then widened to spend ``fill`` of it."""
         widths = self.widths_of(pos)
-        if self.cost(widths) <= self.limit:
-            return np.asarray(pos, dtype=np.int64)
-        return self._pos_of(self.project(widths))
+        if self.cost(widths) > self.limit:
+            widths = self.project(widths)
+        return self._pos_of(self.fill(widths, self.fill_fraction))
 
     def _random_pos(self) -> np.ndarray:
         # Random sources spend most of the budget (as random search's do): a source far below

@@ -32,8 +32,9 @@ class Need:
     provides before building it, passed as constructor parameter ``param``.
 
     ``kind`` is one of the pipeline's providers: ``seed_proposals`` (width vectors of the
-    config's ``search.seeds``; with ``default=True`` the pipeline's default list when none are
-    given, else nothing is passed), ``channel_scores`` (one score array per group of the
+    config's ``search.seeds``; with ``default=True`` a default list when none are given:
+    ``options["seeds"]`` if set (``global`` meaning the run's criterion), else the pipeline's;
+    without ``default`` nothing is passed), ``channel_scores`` (one score array per group of the
     criterion ``options["criterion"]``, ``options["normalize"]`` as the criterion takes it) and
     ``dmcp_chains`` (Markov chains learned by a DMCP supernet trial under the budget).
     ``takes`` names entries of ``search.params.<searcher>`` that parametrise the provider (e.g.
@@ -152,6 +153,28 @@ class SearchCore(ABC):
         below the floor) and the limit."""
         lo = max(low * self.limit, self.view.floor)
         return self.space.sample(self.rng, n, (lo, self.limit), cost=self.view)
+
+    def fill(self, widths, low: float = 0.97) -> np.ndarray:
+        """``widths`` (within the budget) widened one grid step at a time in random groups,
+        each step kept only if the vector stays within the budget, until it costs at least
+        ``low`` of the limit or no step fits: a structure that leaves budget unspent is
+        rarely the best one."""
+        w = np.array(widths, dtype=np.int64)
+        target = low * self.limit
+        if self.cost(w) >= target:
+            return w
+        grids = [self.space.grid(g) for g in range(len(w))]
+        pos = np.array([int(np.searchsorted(grid, v)) for grid, v in zip(grids, w)])
+        while self.cost(w) < target:
+            for g in self.rng.permutation(np.nonzero(pos < [len(gr) - 1 for gr in grids])[0]):
+                trial = w.copy()
+                trial[g] = grids[g][pos[g] + 1]
+                if self.cost(trial) <= self.limit:
+                    w, pos[g] = trial, pos[g] + 1
+                    break
+            else:
+                break
+        return w
 
     def feasible(self, widths) -> tuple[int, ...]:
         """Snap to the grid and repair into the budget."""

@@ -12,7 +12,7 @@ class RandomSearch(SearchCore):
     name = "random"
 
     def __init__(self, space, *, limit, num_candidates, seed=0, view=None,
-                 min_fraction: float = 0.8):
+                 min_fraction: float = 0.97):
         super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
         if not 0 <= min_fraction <= 1:
             raise ValueError("random.min_fraction must be in [0, 1]")

@@ -120,7 +120,8 @@ def default_seeds(p) -> list[str]:
 
 
 def _provide_seeds(p, need, stand_in: bool, supernet):
-    names = list(p.cfg.search.seeds) or (default_seeds(p) if need.default else [])
+    fallback = list(need.options.get("seeds") or ()) or default_seeds(p)
+    names = list(p.cfg.search.seeds) or (fallback if need.default else [])
     if not names:
         return None
     if stand_in:

@@ -144,7 +144,7 @@ def test_seeded_initial_sources(space):
 
 def test_abc_beats_random_on_smooth_objective(space):
     """A smooth objective peaked at an allocation just under the budget (accuracy-like: every
-    group has a best width). Equal evaluation counts, ABCPruner's code encoding, 5 seeds."""
+    group has a best width). Equal evaluation counts, the default grid encoding, 5 seeds."""
     budget = 0.5 * space.full_macs
     full = np.asarray(space.full_widths)
     target = space.sample(np.random.default_rng(2024), 1, (0.9 * budget, 0.95 * budget))[0] / full
@@ -182,3 +182,32 @@ def test_budget_below_the_ten_percent_code_stays_feasible():
     for batch in run_batches(core, space):
         for p in batch:
             assert space.macs(p.widths) <= budget
+
+
+@pytest.mark.parametrize("ratio", [0.15, 0.5])
+def test_sources_spend_the_budget_on_the_grid_and_tenths_stay_available(space, ratio):
+    """Every proposal of the default (grid) colony costs within [0.97, 1.0] of the budget;
+    ABCPruner's tenths are coarser and leave budget unspent, which is why grid is the default."""
+    budget = ratio * space.full_macs
+    grid = ArtificialBeeColony(space, limit=budget, num_candidates=60, seed=5, food_number=5)
+    spent = [space.macs(p.widths) / budget for b in run_batches(grid, space) for p in b]
+    assert len(spent) == 60 and min(spent) >= 0.97 and max(spent) <= 1.0
+    tenths = ArtificialBeeColony(space, limit=budget, num_candidates=60, seed=5, food_number=5,
+                                 encoding="tenths", fill=0.0)
+    coarse = [space.macs(p.widths) / budget for b in run_batches(tenths, space) for p in b]
+    assert max(coarse) <= 1.0 and np.mean(coarse) < np.mean(spent) - 0.02
+    assert all(len(lv) <= 10 for lv in tenths.levels)
+    assert max(len(lv) for lv in grid.levels) > 10
+
+
+def test_random_search_spends_the_budget(space):
+    budget = 0.3 * space.full_macs
+    core = searchers.build("random", space, limit=budget, num_candidates=40, seed=1)
+    spent = [space.macs(p.widths) / budget for b in run_batches(core, space) for p in b]
+    assert len(spent) == 40 and min(spent) >= 0.97 and max(spent) <= 1.0
+
+
+def test_abc_seeds_its_colony_with_the_one_shot_baselines_by_default():
+    need = ArtificialBeeColony.needs[0]
+    assert need.kind == "seed_proposals" and need.default
+    assert tuple(need.options["seeds"]) == ("uniform", "global")
