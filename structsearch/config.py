@@ -97,6 +97,10 @@ class SearchConfig:
     scheduler: str = "fifo"  # fifo | asha (early stopping on val_acc, grace 1 epoch)
     storage_path: str | None = None  # Tune storage (shared FS path or URI) for clusters
     max_failures: int = 0  # retries of a trial that raised (transient errors)
+    # No winner's curse: the top `reevaluate` candidates train `reevaluate_seeds` more times
+    # under other seeds and the winner is the best mean (0 or 1: the single best run wins).
+    reevaluate: int = 3
+    reevaluate_seeds: int = 1
     # Seeded proposals (uniform, global:<criterion>, ssl, paper presets): the seeded searcher's
     # candidates, and the first sources / trials of abc, tpe and nsga2. Empty: searcher default.
     seeds: tuple = ()
@@ -291,6 +295,9 @@ def _check_search(cfg: Config) -> None:
                                 f"fully trained result; use fifo with it")
     if s.max_failures < 0:
         bad("search.max_failures", f"must be >= 0, got {s.max_failures}")
+    for key in ("reevaluate", "reevaluate_seeds"):
+        if getattr(s, key) < 0:
+            bad(f"search.{key}", f"must be >= 0, got {getattr(s, key)}")
     if s.lr <= 0:
         bad("search.lr", f"must be > 0, got {s.lr}")
     for name, value in (s.params or {}).items():

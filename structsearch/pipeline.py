@@ -28,6 +28,7 @@ from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
 from .finalruns import final_runs, oneshot_runs, run_dir_of
+from .reevaluate import stage_reevaluate
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
 from .rundir import RunDirError
@@ -348,6 +349,10 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     report.write_width_histograms(rows, p.space.full_widths,
                                   rundir.local_tune_dir(cfg, p.run_dir) / "widths")
     winner = pick_winner(rows, p.budget.limit)
+    if winner is not None:
+        winner, table = stage_reevaluate(p, scores, baseline, rows)
+        if table:
+            summary["reevaluation"] = table
     if winner is None:
         report.write_json(summary, p.run_dir / "summary.json")
         report.render(p.run_dir)

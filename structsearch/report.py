@@ -147,6 +147,7 @@ def render(run_dir) -> Path:
               f"{search.get('evaluated', len(rows))} candidates "
               f"({search.get('errors', 0)} failed) in {search.get('seconds', 0):.0f} s.", ""]
     lines += _results_section(summary)
+    lines += reevaluation_section(summary)
     lines += oneshot_section(summary)
     lines += ["![pareto](pareto.png)", "", "## Candidates (best 20 by validation accuracy)", "",
               "| trial | origin | MACs % | val acc % | status |", "|---|---|---|---|---|"]
@@ -205,6 +206,23 @@ def _results_section(summary: dict) -> list[str]:
         lines += [f"Best protocol on the test split: **{best}** "
                   f"({100 * protocols[best]:.2f}%; baseline {_pct(base.get('test_acc'))}%).", ""]
     return lines + ["![widths](widths.png)", ""]
+
+
+def reevaluation_section(summary: dict) -> list[str]:
+    """The top candidates trained again under other seeds; the winner is the best mean."""
+    table = summary.get("reevaluation")
+    if not table:
+        return []
+    lines = ["## Re-evaluation of the top candidates", "",
+             "Each trained again under other seeds; the winner is the best mean (a single lucky "
+             "run does not win).", "",
+             "| trial | origin | MACs % | val acc % (search) | repeats % | mean % |",
+             "|---|---|---|---|---|---|"]
+    for e in table:
+        repeats = ", ".join(_pct(v) for v in e["val_acc_repeats"])
+        lines.append(f"| {e['trial_id']} | {e['origin']} | {_pct(e['macs_ratio'])} | "
+                     f"{_pct(e['val_acc_search'])} | {repeats} | {_pct(e['val_acc_mean'])} |")
+    return lines + [""]
 
 
 def oneshot_section(summary: dict) -> list[str]:

@@ -9,7 +9,9 @@ DIGITS_RUN = {
     "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
     "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
     "budget": {"macs_ratio": 0.5},
-    "search": {"searcher": "random", "candidates": 4, "epochs": 1, "lr": 0.02, "concurrent": 2},
+    # Re-evaluation off (it adds trials); tests/test_pipeline.py turns it on.
+    "search": {"searcher": "random", "candidates": 4, "epochs": 1, "lr": 0.02, "concurrent": 2,
+               "reevaluate": 0},
     # One-shot baselines off: each adds two final trials; tests/test_pipeline.py turns them on.
     "final": {"finetune_epochs": 0, "scratch": [], "baselines": []},
 }

@@ -14,7 +14,8 @@ from structsearch.report import CANDIDATE_COLUMNS, read_candidates
 from structsearch.train import evaluate
 
 MINI = digits_run(baseline={"epochs": 3},
-                  search={"searcher": "random+uniform", "resources": {"cpu": 1, "gpu": 0}},
+                  search={"searcher": "random+uniform", "resources": {"cpu": 1, "gpu": 0},
+                          "reevaluate": 2},
                   final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["E", "B"],
                          "baselines": ["uniform", "global"]})
 
@@ -124,3 +125,22 @@ def test_refuses_non_empty_run_dir(mini_run):
     _, run = mini_run
     with pytest.raises(RunDirError, match="--resume"):
         open_run_dir(str(run), None, resume=False)
+
+
+def test_top_candidates_are_reevaluated_and_the_winner_is_the_best_mean(mini_run):
+    from structsearch.report import read_candidates
+    _, run = mini_run
+    summary = json.loads((run / "summary.json").read_text())
+    table = summary["reevaluation"]
+    rows = read_candidates(run / "candidates.csv")
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: -r["val_acc"])
+    assert [e["trial_id"] for e in table] != [] and len(table) == 2
+    assert {e["trial_id"] for e in table} == {r["trial_id"] for r in ok[:2]}
+    for e in table:
+        assert len(e["val_acc_repeats"]) == 1 and 0.0 <= e["val_acc_repeats"][0] <= 1.0
+        runs = [e["val_acc_search"]] + e["val_acc_repeats"]
+        assert e["val_acc_mean"] == pytest.approx(sum(runs) / len(runs))
+    assert summary["winner"]["trial_id"] == max(table, key=lambda e: e["val_acc_mean"])["trial_id"]
+    assert "## Re-evaluation of the top candidates" in (run / "report.md").read_text()
+    # A repeat is trained under another seed: not a copy of the search run.
+    assert any(e["val_acc_repeats"][0] != e["val_acc_search"] for e in table)

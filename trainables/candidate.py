@@ -47,7 +47,9 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
     if fault == "nan":
         with torch.no_grad():
             next(model.parameters()).fill_(float("nan"))
-    seed = widths_seed(widths, setup.seed)
+    # A re-evaluation repeat (options["repeat"] = 1, 2, ...) trains the same widths anew under
+    # another seed: a second opinion on a top candidate, not a copy of its first run.
+    seed = widths_seed(widths, setup.seed + 7919 * int(options.get("repeat", 0)))
     if setup.fitness == "adaptive_bn":
         final = _adaptive_bn_fitness(model, setup, splits, device, seed)
     else:
@@ -103,3 +105,9 @@ def _adaptive_bn_fitness(model, setup: TrialSetup, splits, device: str, seed: in
         return dict(epoch=0, val_acc=0.0, val_loss=val["loss"], train_loss=None, status="error",
                     error="non-finite validation loss")
     return dict(epoch=0, val_acc=val["top1"], val_loss=val["loss"], train_loss=None, status="ok")
+
+
+def reevaluation_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict) -> None:
+    """One repeat of a top candidate (``config["run"]["candidate"]``: its trial config, with
+    ``options.repeat``), trained and reported as :func:`candidate_trainable` does."""
+    candidate_trainable(config["run"]["candidate"], setup=setup, baseline_state=baseline_state)
