@@ -38,29 +38,41 @@ class LatencyTable:
     @classmethod
     def measure(cls, model: nn.Module, space: WidthSpace, *, device: str = "cpu", batch_size: int = 1,
                 points: int = 5, repeats: int = 15) -> "LatencyTable":
-        """Time ``points`` widths per group (each a forward pass median of ``repeats``)."""
-        model = copy.deepcopy(model).eval()
+        """Time ``points`` widths per group. Each narrowed network is timed interleaved with the
+        full one (minimum of up to ``repeats`` runs each, :func:`structsearch.timing.interleaved`)
+        and kept as its ratio to the full network's time in the same session, so drift and a
+        busy machine cancel out of the ratios."""
+        import torch
+
+        from .timing import _torch_runner, interleaved
+        model = copy.deepcopy(model).to(device).eval()
+        x = torch.randn(batch_size, *space.input_shape, device=device)
+        full_run = _torch_runner(model, x, device)
         full = space.full_widths
-        full_ms = measure_latency(model, space.input_shape, batch_size=batch_size, device=device,
-                                  repeats=repeats)
-        widths, times = [], []
+        full_times, widths, ratios = [], [], []
         for g in range(len(space)):
             grid = space.grid(g)
             chosen = sorted({int(grid[i]) for i in np.linspace(0, len(grid) - 1, points).round().astype(int)})
             row = []
             for w in chosen:
                 if w == full[g]:
-                    row.append(full_ms)
+                    row.append(1.0)
                     continue
                 vec = list(full)
                 vec[g] = w
-                row.append(measure_latency(prune(model, space, vec), space.input_shape,
-                                           batch_size=batch_size, device=device, repeats=repeats))
+                small = prune(model, space, vec).to(device).eval()
+                ms = interleaved({"full": full_run, "small": _torch_runner(small, x, device)},
+                                 repeats=repeats, warmup=2, max_seconds=2.0)
+                full_times.append(ms["full"])
+                row.append(min(ms["small"] / ms["full"], 1.0))
             # Timing noise must not make a narrower layer look slower than a wider one.
             row = list(np.minimum.accumulate(np.asarray(row)[::-1])[::-1])
             widths.append(chosen)
-            times.append([float(t) for t in row])
-        return cls(float(full_ms), widths, times, device, batch_size)
+            ratios.append(row)
+        full_ms = float(min(full_times)) if full_times else \
+            measure_latency(model, space.input_shape, batch_size=batch_size, device=device)
+        times = [[float(full_ms * r) for r in row] for row in ratios]
+        return cls(full_ms, widths, times, device, batch_size)
 
     def predict(self, widths) -> np.ndarray | float:
         """Predicted latency (ms) of one width vector (float) or of each row of a 2-D array."""

@@ -60,7 +60,7 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
     from .pipeline import experiment, trial_setup
     from .tuning import Progress
     s = p.cfg.search
-    top = top_candidates(rows, p.budget.limit, s.reevaluate)
+    top = top_candidates(rows, p.budget.limit, max(s.reevaluate, 1))
     if s.reevaluate < 2 or s.reevaluate_seeds < 1 or len(top) < 2:
         return (top[0] if top else None), None
     file = p.run_dir / "reevaluation.json"

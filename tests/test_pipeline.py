@@ -144,3 +144,12 @@ def test_top_candidates_are_reevaluated_and_the_winner_is_the_best_mean(mini_run
     assert "## Re-evaluation of the top candidates" in (run / "report.md").read_text()
     # A repeat is trained under another seed: not a copy of the search run.
     assert any(e["val_acc_repeats"][0] != e["val_acc_search"] for e in table)
+
+
+def test_without_reevaluation_the_single_best_run_wins():
+    from structsearch.reevaluate import top_candidates
+    rows = [{"trial_id": t, "status": "ok", "val_acc": v, "cost": c, "macs": m}
+            for t, v, c, m in (("a", 0.5, 1.0, 10), ("b", 0.7, 1.0, 9), ("c", 0.9, 2.0, 8),
+                               ("d", 0.7, 0.5, 5))]
+    assert [r["trial_id"] for r in top_candidates(rows, 1.0, 1)] == ["d"]  # tie: fewer MACs
+    assert [r["trial_id"] for r in top_candidates(rows, 1.0, 3)] == ["d", "b", "a"]
