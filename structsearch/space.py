@@ -25,6 +25,22 @@ class WidthError(ValueError):
     """A width vector that does not fit its space (one line: what is wrong and the fix)."""
 
 
+class TracingError(ValueError):
+    """A model that cannot be traced into a space (one line: what is wrong and the fix)."""
+
+
+class TracingTimeout(TracingError):
+    """Tracing or its self-check ran past ``space.trace_timeout_s``."""
+
+
+class NoGroupsError(TracingError):
+    """A traced model without a single searchable channel group."""
+
+
+class TracingWarning(UserWarning):
+    """Channel groups frozen (kept at full width) because tracing or surgery cannot cut them."""
+
+
 @dataclass(frozen=True)
 class Member:
     """One module dimension of a group: ``idxs[i]`` of ``module`` carries root channel
@@ -79,6 +95,9 @@ class WidthSpace:
     min_ratio: float = 0.1
     ignore: tuple[str, ...] = ()
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
+    # The subset of ``skipped`` frozen automatically (not by ``ignore`` or for being a single
+    # channel): constructs the tracer or the surgery cannot cut, and groups the self-check failed.
+    frozen: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
     model_name: str | None = None
     model_kwargs: dict = field(default_factory=dict)
     _macs: CostModel | None = None
@@ -89,13 +108,34 @@ class WidthSpace:
     @classmethod
     def from_model(cls, model: nn.Module, input_shape, *, ignore=(), round_to: int = 1,
                    min_ratio: float = 0.1, model_name: str | None = None,
-                   model_kwargs: dict | None = None, min_width: int = 2) -> "WidthSpace":
+                   model_kwargs: dict | None = None, min_width: int = 2, check: bool = True,
+                   timeout_s: float | None = 120.0, strict: bool = False) -> "WidthSpace":
         """Trace ``model`` on one input of ``input_shape`` (C, H, W): see
-        :func:`structsearch.tracing.trace` (imported here so the space itself needs no torch)."""
+        :func:`structsearch.tracing.trace` (imported here so the space itself needs no torch).
+
+        With ``check`` (the default) the new space is verified before it is returned
+        (:func:`structsearch.selfcheck.self_check`): groups whose pruned model fails are frozen
+        and listed in ``space.frozen``. Tracing and the check stop with :class:`TracingTimeout`
+        after ``timeout_s`` seconds (None: no limit). ``strict`` (what a search needs) raises
+        :class:`TracingError` for an output that is not ``(batch, classes)`` logits and
+        :class:`NoGroupsError` for a space without searchable groups; without it both are
+        accepted (e.g. to inspect a feature extractor).
+        """
         from .tracing import trace
 
         return trace(model, input_shape, ignore=ignore, round_to=round_to, min_ratio=min_ratio,
-                     model_name=model_name, model_kwargs=model_kwargs, min_width=min_width)
+                     model_name=model_name, model_kwargs=model_kwargs, min_width=min_width,
+                     check=check, timeout_s=timeout_s, strict=strict)
+
+    def require_groups(self, what: str = "the model") -> "WidthSpace":
+        """Raise :class:`NoGroupsError` (one line naming why) if no group is searchable."""
+        if self.groups:
+            return self
+        why = "; ".join(f"{name}: {reason}" for name, reason in self.skipped[:3])
+        more = f" (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""
+        raise NoGroupsError(f"{what} has no searchable channel groups"
+                            + (f" ({why}{more})" if why else "")
+                            + "; check space.ignore or use a model with conv/linear layers")
 
     # ------------------------------------------------------------------ basic facts
     def __len__(self) -> int:

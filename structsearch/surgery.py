@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .space import WidthError, WidthSpace
-from .tracing import channel_count, is_depthwise
+from .tracing import NORMS, channel_count, is_depthwise, param_axis
 
 FORMAT_VERSION = 1
 ARCH_FILE = "arch.json"
@@ -83,47 +83,92 @@ def _slice_param(param: nn.Parameter, dim: int, idx: torch.Tensor) -> nn.Paramet
                         requires_grad=param.requires_grad)
 
 
+def _slice_rest(module: nn.Module, full: int, keep: torch.Tensor, done=("weight", "bias")) -> None:
+    """Slice every other parameter and buffer of ``module`` whose first dimension is one per
+    channel (``full`` of them), e.g. a weight-standardised conv's gain or a norm's statistics."""
+    for key, p in list(module._parameters.items()):
+        if p is not None and key not in done and p.ndim and p.shape[0] == full:
+            module._parameters[key] = _slice_param(p, 0, keep)
+    for key, b in list(module._buffers.items()):
+        if b is not None and b.ndim and b.shape[0] == full:
+            module._buffers[key] = b.index_select(0, keep.to(b.device))
+
+
+@torch.no_grad()
+def _cut_conv(module: nn.Conv2d, out_keep, in_keep) -> None:
+    """Cut a conv: a depthwise conv keeps one filter per kept channel; a grouped conv loses
+    whole groups (the space couples each group's input block with its output block), so its
+    per-group input width stays and only the group count changes."""
+    full_out = module.out_channels
+    if is_depthwise(module):
+        keep = out_keep if out_keep is not None else in_keep
+        module.weight = _slice_param(module.weight, 0, keep)
+        _slice_rest(module, full_out, keep, done=("weight",))
+        module.in_channels = module.out_channels = module.groups = len(keep)
+        return
+    if out_keep is not None:
+        module.weight = _slice_param(module.weight, 0, out_keep)
+        _slice_rest(module, full_out, out_keep, done=("weight",))
+        module.out_channels = len(out_keep)
+    if in_keep is not None:
+        if module.groups > 1:
+            per_group = module.in_channels // module.groups
+            module.groups = len(in_keep) // per_group
+        else:
+            module.weight = _slice_param(module.weight, 1, in_keep)
+        module.in_channels = len(in_keep)
+
+
+@torch.no_grad()
+def _cut_norm(module: nn.Module, keep: torch.Tensor) -> None:
+    """Cut a per-channel layer: BN / InstanceNorm (affine terms and running statistics),
+    GroupNorm (whole groups go, so its group size stays), LayerNorm over channels, PReLU."""
+    full = channel_count(module, "out")
+    if isinstance(module, nn.PReLU) and module.num_parameters == 1:
+        return
+    _slice_rest(module, full, keep, done=())
+    if isinstance(module, nn.GroupNorm):
+        if module.num_groups > 1:  # one group normalises over all channels, whatever their count
+            module.num_groups = len(keep) // (full // module.num_groups)
+        module.num_channels = len(keep)
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = (len(keep),)
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = len(keep)
+    else:
+        module.num_features = len(keep)
+
+
 @torch.no_grad()
 def _cut(module: nn.Module, out_keep, in_keep) -> None:
     if isinstance(module, nn.Conv2d):
-        if is_depthwise(module):
-            keep = out_keep if out_keep is not None else in_keep
-            module.weight = _slice_param(module.weight, 0, keep)
-            if module.bias is not None:
-                module.bias = _slice_param(module.bias, 0, keep)
-            module.in_channels = module.out_channels = module.groups = len(keep)
-            return
-        if out_keep is not None:
-            module.weight = _slice_param(module.weight, 0, out_keep)
-            if module.bias is not None:
-                module.bias = _slice_param(module.bias, 0, out_keep)
-            module.out_channels = len(out_keep)
-        if in_keep is not None:
-            module.weight = _slice_param(module.weight, 1, in_keep)
-            module.in_channels = len(in_keep)
+        _cut_conv(module, out_keep, in_keep)
     elif isinstance(module, nn.Linear):
         if out_keep is not None:
             module.weight = _slice_param(module.weight, 0, out_keep)
-            if module.bias is not None:
-                module.bias = _slice_param(module.bias, 0, out_keep)
+            _slice_rest(module, module.out_features, out_keep, done=("weight",))
             module.out_features = len(out_keep)
         if in_keep is not None:
             module.weight = _slice_param(module.weight, 1, in_keep)
             module.in_features = len(in_keep)
-    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-        keep = out_keep if out_keep is not None else in_keep
-        if module.affine:
-            module.weight = _slice_param(module.weight, 0, keep)
-            module.bias = _slice_param(module.bias, 0, keep)
-        if module.running_mean is not None:
-            keep = keep.to(module.running_mean.device)
-            module.running_mean = module.running_mean.index_select(0, keep)
-            module.running_var = module.running_var.index_select(0, keep)
-        module.num_features = len(keep)
+    elif isinstance(module, NORMS):
+        _cut_norm(module, out_keep if out_keep is not None else in_keep)
     elif hasattr(module, "prune_channels"):
         module.prune_channels(out_keep, in_keep)
     else:  # the space refuses groups through other layers, so this is a programming error
         raise TypeError(f"cannot cut {type(module).__name__}")
+
+
+@torch.no_grad()
+def _cut_param(model: nn.Module, name: str, gone: np.ndarray) -> None:
+    """Cut a free-standing parameter (e.g. a layer-scale vector) along its channel axis."""
+    owner, _, key = name.rpartition(".")
+    module = model.get_submodule(owner)
+    p = module._parameters[key]
+    axis = param_axis(p)
+    keep = keep_index(p.shape[axis], gone)
+    if keep is not None:
+        module._parameters[key] = _slice_param(p, axis, keep)
 
 
 @contextlib.contextmanager
@@ -155,7 +200,9 @@ def prune(model: nn.Module, space: WidthSpace, widths, keep=None) -> nn.Module:
     new = copy.deepcopy(model, memo=dict(originals))
     modules = dict(new.named_modules())
     with _one_intra_op_thread(), torch.no_grad():
-        for name in sorted({name for name, _ in removed}):
+        for name in sorted({name for name, dim in removed if dim == "param"}):
+            _cut_param(new, name, removed[(name, "param")])
+        for name in sorted({name for name, dim in removed if dim != "param"}):
             module = modules[name]
             out_keep = keep_index(channel_count(module, "out"), removed.get((name, "out")))
             in_keep = keep_index(channel_count(module, "in"), removed.get((name, "in")))
