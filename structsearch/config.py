@@ -65,9 +65,13 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class SpaceConfig:
-    round_to: int = 1
+    # Width steps: "auto" (multiples of 8 for groups of 32+ channels, else 1: hardware-friendly
+    # widths, see benchmarks/speedup.py) or one integer step for every group (1: any width).
+    round_to: int | str = "auto"
     min_ratio: float = 0.1
     ignore: tuple = ()
+    check: bool = True  # verify the traced space on pruned copies; failing groups are frozen
+    trace_timeout_s: float = 120.0  # tracing + check time limit (a clear error past it)
 
 
 @dataclass(frozen=True)
@@ -267,8 +271,8 @@ def _check_data_and_budget(cfg: Config) -> None:
         bad("budget.macs", f"must be > 0, got {b.macs}")
     if b.params is not None and b.params <= 0:
         bad("budget.params", f"must be > 0, got {b.params}")
-    if sp.round_to < 1:
-        bad("space.round_to", f"must be >= 1, got {sp.round_to}")
+    if sp.round_to != "auto" and (not isinstance(sp.round_to, int) or sp.round_to < 1):
+        bad("space.round_to", f"expected auto or an integer >= 1, got {sp.round_to!r}")
     if not 0 < sp.min_ratio <= 1:
         bad("space.min_ratio", f"must be in (0, 1], got {sp.min_ratio}")
 

@@ -147,12 +147,33 @@ def run_criterion(cfg: Config, name: str | None = None):
 
 
 def trace_space(cfg: Config, model, splits, kwargs: dict) -> WidthSpace:
+    """The model's WidthSpace, traced and self-checked; frozen groups are said in one line."""
+    import warnings
+
+    from .space import TracingError, TracingTimeout, TracingWarning
     sp = cfg.space
-    space = WidthSpace.from_model(model, splits.input_shape, ignore=sp.ignore, round_to=sp.round_to,
-                                  min_ratio=sp.min_ratio, model_name=cfg.model.name, model_kwargs=kwargs)
+    try:
+        with warnings.catch_warnings():  # preflight says what was frozen itself, once
+            warnings.simplefilter("ignore", category=TracingWarning)
+            space = WidthSpace.from_model(model, splits.input_shape, ignore=sp.ignore,
+                                          round_to=sp.round_to, min_ratio=sp.min_ratio,
+                                          model_name=cfg.model.name, model_kwargs=kwargs,
+                                          check=sp.check, timeout_s=sp.trace_timeout_s)
+    except TracingTimeout as exc:
+        raise ConfigError(f"space.trace_timeout_s: {exc}; raise it, or freeze the layers that "
+                          f"slow tracing with space.ignore") from None
+    except TracingError as exc:
+        raise ConfigError(f"model.name: {exc}") from None
     if len(space) == 0:
         raise ConfigError(f"model.name: {cfg.model.name} has no searchable channel groups "
                           f"(space.ignore: {list(sp.ignore)})")
+    if space.frozen:
+        from .tracing import reason_kind
+        kinds: dict[str, int] = {}
+        for _, why in space.frozen:
+            kinds[reason_kind(why)] = kinds.get(reason_kind(why), 0) + 1
+        say(f"space: {len(space)} groups searchable, {len(space.frozen)} frozen ("
+            + ", ".join(f"{n} x {k}" for k, n in kinds.items()) + "; listed in summary.json)")
     return space
 
 

@@ -75,6 +75,21 @@ class Group:
         return list(seen)
 
 
+# ``round_to: auto``: multiples of 8 for groups of 32 channels or more (odd channel counts cost
+# real speed, see benchmarks/speedup.py), every width for narrower groups and for groups counted
+# in conv groups (grouped convs), where 8 steps would be too coarse.
+AUTO_ROUND_TO, AUTO_MIN_WIDTH = 8, 32
+
+
+def group_round_to(round_to, width: int, multiplicity: int = 1) -> int:
+    """The rounding step of one group: ``round_to`` itself, or what ``"auto"`` picks for it."""
+    if round_to == "auto":
+        return AUTO_ROUND_TO if multiplicity == 1 and width >= AUTO_MIN_WIDTH else 1
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ValueError(f"round_to must be an integer >= 1 or 'auto', got {round_to!r}")
+    return int(round_to)
+
+
 def _grid(width: int, min_ratio: float, round_to: int) -> np.ndarray:
     """Allowed widths of a group: multiples of ``round_to`` from the floor up, plus the full width."""
     floor = max(1, math.ceil(min_ratio * width - 1e-9))
@@ -91,13 +106,14 @@ class WidthSpace:
 
     groups: list[Group]
     input_shape: tuple[int, ...]
-    round_to: int = 1
+    round_to: int | str = 1  # a step for every group, or "auto" (see group_round_to)
     min_ratio: float = 0.1
     ignore: tuple[str, ...] = ()
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
     # The subset of ``skipped`` frozen automatically (not by ``ignore`` or for being a single
     # channel): constructs the tracer or the surgery cannot cut, and groups the self-check failed.
     frozen: list[tuple[str, str]] = field(default_factory=list)  # (group, reason)
+    checked: bool = False  # built with the self-check (rebuilding must check too: same groups)
     model_name: str | None = None
     model_kwargs: dict = field(default_factory=dict)
     _macs: CostModel | None = None

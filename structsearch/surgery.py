@@ -372,7 +372,8 @@ def arch_dict(space: WidthSpace, widths) -> dict:
         "input_shape": list(space.input_shape),
         "widths": widths,
         "groups": space.names,
-        "space": {"round_to": space.round_to, "min_ratio": space.min_ratio, "ignore": list(space.ignore)},
+        "space": {"round_to": space.round_to, "min_ratio": space.min_ratio, "ignore": list(space.ignore),
+                  "check": bool(space.checked)},
         "macs": int(space.macs(widths)),
         "params": int(space.params(widths)),
         "format_version": FORMAT_VERSION,
@@ -473,7 +474,8 @@ def build_pruned(arch: dict, model=None) -> tuple[nn.Module, WidthSpace]:
         space = WidthSpace.from_model(full, arch["input_shape"], round_to=opts.get("round_to", 1),
                                       min_ratio=opts.get("min_ratio", 0.1),
                                       ignore=tuple(opts.get("ignore", ())),
-                                      model_name=arch["model"], model_kwargs=arch["model_kwargs"])
+                                      model_name=arch["model"], model_kwargs=arch["model_kwargs"],
+                                      check=bool(opts.get("check", False)))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"arch.json: cannot trace {arch['model']!r} at input_shape "
                               f"{arch['input_shape']}: {exc}") from None

@@ -25,6 +25,8 @@ models (:mod:`structsearch.cost`) are built.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import copy
 import fnmatch
@@ -42,7 +44,13 @@ from torch import nn
 from .cost import Affine, CostModel
 from .layers import CUSTOM_LEAVES
 from .space import (Group, Member, TracingError, TracingTimeout, TracingWarning, WidthSpace,
-                    _grid)
+                    _grid, group_round_to)
+
+
+def _unit(group: Group) -> int:
+    """Producer channels per root channel: 1, or the channels of one conv group when a grouped
+    conv's width is counted in whole groups."""
+    return max([m.multiplicity for m in group.members if m.dim == "out"] or [1])
 
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 _InstanceNorm = nn.modules.instancenorm._InstanceNorm
@@ -1028,7 +1036,8 @@ def build_space(model: nn.Module, groups: list[Group], example: torch.Tensor, *,
     groups = sorted(groups, key=lambda g: min(_position(order, m) for m in g.producers or g.modules))
     space = WidthSpace(groups=groups, **fields)
     space._macs, space._params = cost_models(groups, model, example, shapes=shapes)
-    space._grids = [_grid(g.width, space.min_ratio, space.round_to) for g in groups]
+    space._grids = [_grid(g.width, space.min_ratio,
+                          group_round_to(space.round_to, g.width, _unit(g))) for g in groups]
     return space
 
 
@@ -1068,8 +1077,7 @@ def trace(model: nn.Module, input_shape, *, ignore=(), round_to: int = 1, min_ra
     (the pipeline's setting) requires the output to be ``(batch, classes)`` logits and at least
     one searchable group (:class:`~structsearch.space.NoGroupsError` otherwise).
     """
-    if round_to < 1:
-        raise ValueError("round_to must be >= 1")
+    group_round_to(round_to, 1)  # an integer >= 1 or "auto", or a clear error
     if not 0 < min_ratio <= 1:
         raise ValueError("min_ratio must be in (0, 1]")
     input_shape = check_input_shape(input_shape)
@@ -1086,6 +1094,7 @@ def trace(model: nn.Module, input_shape, *, ignore=(), round_to: int = 1, min_ra
         if check and space.groups:
             from .selfcheck import self_check
             space, _ = self_check(model, space, deadline=deadline)
+        space = dataclasses.replace(space, checked=bool(check))
     warn_frozen(space.frozen, model_name or type(model).__name__)
     return space.require_groups(model_name or "the model") if strict else space
 

@@ -9,6 +9,9 @@ DIGITS_RUN = {
     "data": {"name": "digits", "batch_size": 64, "val_fraction": 0.2},
     "baseline": {"epochs": 2, "lr": 0.05, "schedule": "cosine"},
     "budget": {"macs_ratio": 0.5},
+    # Every width (the default, auto, rounds small_cnn's 32/64-channel groups to 8: a grid too
+    # coarse for the many distinct candidates some tests count).
+    "space": {"round_to": 1},
     # Re-evaluation off (it adds trials); tests/test_pipeline.py turns it on.
     "search": {"searcher": "random", "candidates": 4, "epochs": 1, "lr": 0.02, "concurrent": 2,
                "reevaluate": 0},

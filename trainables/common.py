@@ -137,7 +137,7 @@ def kept_channel_scores(model: torch.nn.Module, setup: TrialSetup, widths, split
     space = setup.space
     on_cpu = next(model.parameters()).device.type == "cpu"
     pruned = WidthSpace.from_model(model if on_cpu else copy.deepcopy(model).cpu(), space.input_shape,
-                                   min_width=1)
+                                   min_width=1, check=False)
     by_members = {frozenset((m.module, m.dim) for m in g.members): g for g in pruned.groups}
     ordered = []
     for g, w in zip(space.groups, widths):
