@@ -27,7 +27,8 @@ def one_model(name: str, shape, args) -> dict:
     model = models.build(name, num_classes=10, in_channels=shape[0]).eval()
     space = WidthSpace.from_model(model, shape)
     start = time.perf_counter()
-    table = LatencyTable.measure(model, space, batch_size=args.batch, repeats=args.repeats)
+    table = LatencyTable.measure(model, space, batch_size=args.batch, repeats=args.repeats,
+                                 calibration=args.calibration)
     table_s = time.perf_counter() - start
     vectors = space.sample(np.random.default_rng(0), args.vectors)
     errors, ratios = [], []
@@ -50,6 +51,8 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=50)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--calibration", type=int, default=0,
+                    help="random vectors the table's log-space exponent is fitted on (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"batch {args.batch}, 1 torch thread, {args.vectors} random width vectors per model, "

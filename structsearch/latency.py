@@ -13,6 +13,7 @@ is the cost view of that prediction (in milliseconds), so every searcher, ``proj
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +35,14 @@ class LatencyTable:
     ms: list  # per group: latency in ms at those widths
     device: str
     batch_size: int
+    # Calibration: log(T / T_full) = alpha * sum_g log(table_g / T_full), fitted on
+    # ``calibration`` random vectors timed at measure time (1: the plain product, the default:
+    # see benchmarks/RESULTS.md, the fit helped ResNet-56 and hurt small_cnn and VGG-16).
+    alpha: float = 1.0
 
     @classmethod
     def measure(cls, model: nn.Module, space: WidthSpace, *, device: str = "cpu", batch_size: int = 1,
-                points: int = 5, repeats: int = 15) -> "LatencyTable":
+                points: int = 5, repeats: int = 15, calibration: int = 0) -> "LatencyTable":
         """Time ``points`` widths per group. Each narrowed network is timed interleaved with the
         full one (minimum of up to ``repeats`` runs each, :func:`structsearch.timing.interleaved`)
         and kept as its ratio to the full network's time in the same session, so drift and a
@@ -72,25 +77,44 @@ class LatencyTable:
         full_ms = float(min(full_times)) if full_times else \
             measure_latency(model, space.input_shape, batch_size=batch_size, device=device)
         times = [[float(full_ms * r) for r in row] for row in ratios]
-        return cls(full_ms, widths, times, device, batch_size)
+        table = cls(full_ms, widths, times, device, batch_size)
+        alpha = table._calibrate(model, space, x, full_run, device, repeats, calibration)
+        return dataclasses.replace(table, alpha=alpha)
+
+    def _calibrate(self, model, space, x, full_run, device, repeats, n: int) -> float:
+        """Least-squares ``alpha`` (through the origin, in log space) on ``n`` random vectors."""
+        from .timing import _torch_runner, interleaved
+        if n < 1:
+            return 1.0
+        logs_pred, logs_true = [], []
+        for w in space.sample(np.random.default_rng(0), n):
+            small = prune(model, space, w).to(device).eval()
+            ms = interleaved({"full": full_run, "small": _torch_runner(small, x, device)},
+                             repeats=repeats, warmup=2, max_seconds=2.0)
+            logs_true.append(np.log(ms["small"] / ms["full"]))
+            logs_pred.append(np.log(self.predict(w) / self.full_ms))
+        p, t = np.asarray(logs_pred), np.asarray(logs_true)
+        return float(np.clip((p @ t) / max(p @ p, 1e-12), 0.05, 3.0)) if p @ p > 0 else 1.0
 
     def predict(self, widths) -> np.ndarray | float:
         """Predicted latency (ms) of one width vector (float) or of each row of a 2-D array."""
         w = np.asarray(widths, dtype=np.float64)
         single = w.ndim == 1
         w2 = np.atleast_2d(w)
-        total = np.full(len(w2), self.full_ms)
+        logs = np.zeros(len(w2))
         for g, (xs, ys) in enumerate(zip(self.widths, self.ms)):
-            total *= np.interp(w2[:, g], xs, ys) / self.full_ms
+            logs += np.log(np.interp(w2[:, g], xs, ys) / self.full_ms)
+        total = self.full_ms * np.exp(self.alpha * logs)
         return float(total[0]) if single else total
 
     def to_json(self) -> dict:
         return {"full_ms": self.full_ms, "widths": self.widths, "ms": self.ms, "device": self.device,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "alpha": self.alpha}
 
     @classmethod
     def from_json(cls, data: dict) -> "LatencyTable":
-        return cls(float(data["full_ms"]), data["widths"], data["ms"], data["device"], int(data["batch_size"]))
+        return cls(float(data["full_ms"]), data["widths"], data["ms"], data["device"],
+                   int(data["batch_size"]), float(data.get("alpha", 1.0)))
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2))

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def measured():
     model = models.build("small_cnn", num_classes=10, in_channels=1)
     space = WidthSpace.from_model(model, (1, 28, 28))
-    table = LatencyTable.measure(model, space, batch_size=8, points=4, repeats=7)
+    table = LatencyTable.measure(model, space, batch_size=8, points=4, repeats=7, calibration=4)
     return model, space, table
 
 
@@ -50,6 +50,21 @@ def test_json_round_trip(measured, tmp_path):
     again = LatencyTable.load(tmp_path / "lat.json")
     w = space.uniform(0.6)
     assert again.predict(w) == pytest.approx(table.predict(w))
+
+
+def test_calibration_exponent_is_fitted_and_kept(measured, tmp_path):
+    """The product of one-at-a-time savings is scaled in log space by alpha, fitted on random
+    vectors at measure time; alpha is stored with the table (older tables read as 1)."""
+    _, space, table = measured
+    assert 0.05 <= table.alpha <= 3.0
+    w = space.uniform(0.5)
+    plain = LatencyTable(table.full_ms, table.widths, table.ms, table.device, table.batch_size)
+    logs = np.log(plain.predict(w) / table.full_ms)
+    assert table.predict(w) == pytest.approx(table.full_ms * np.exp(table.alpha * logs))
+    data = table.to_json()
+    assert data["alpha"] == table.alpha
+    data.pop("alpha")
+    assert LatencyTable.from_json(data).alpha == 1.0
 
 
 def test_searchers_respect_a_latency_budget(measured):
