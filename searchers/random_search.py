@@ -19,10 +19,22 @@ class RandomSearch(SearchCore):
         self.min_fraction = float(min_fraction)
         self.seen: set[tuple[int, ...]] = set()
 
+    def _draw(self) -> tuple[int, ...]:
+        """One draw within [min_fraction, 1] of the budget; a coarse grid (few widths per
+        group) may have no vector there, and then the lower bound steps down."""
+        for low in (self.min_fraction, 0.9, 0.8, 0.5, 0.0):
+            if low > self.min_fraction:
+                continue
+            try:
+                return tuple(int(v) for v in self.sample(1, low)[0])
+            except ValueError:  # WidthError: nothing on the grid costs that much within budget
+                continue
+        return tuple(int(v) for v in self.project(self.space.lower))
+
     def _next(self):
         widths = None
         for _ in range(50):
-            widths = tuple(int(v) for v in self.sample(1, self.min_fraction)[0])
+            widths = self._draw()
             if widths not in self.seen:
                 break
         self.seen.add(widths)

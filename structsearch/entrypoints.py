@@ -96,6 +96,15 @@ def exported(*names: str) -> dict:
     return out
 
 
+def shipped(*names: str) -> bytes:
+    """:func:`exported` as one cloudpickle blob (empty when nothing is an object)."""
+    objects = exported(*names)
+    if not any(objects.values()):
+        return b""
+    import cloudpickle
+    return cloudpickle.dumps(objects)
+
+
 def adopt(objects: dict | None) -> None:
     """Register objects :func:`exported` in another process (a Ray worker)."""
     for kind, items in (objects or {}).items():

@@ -108,6 +108,8 @@ def stage_baseline(p: Prepared) -> dict:
 def trial_setup(p: Prepared, scores, baseline: dict):
     """What every trial rebuilds its model and data from (shipped once per experiment)."""
     from trainables.common import TrialSetup
+
+    from .tuning import user_paths
     s = p.cfg.search
     spec = dataclasses.replace(baseline_spec(p.cfg), epochs=s.epochs, lr=s.lr, schedule=s.schedule)
     criterion = run_criterion(p.cfg)
@@ -117,7 +119,8 @@ def trial_setup(p: Prepared, scores, baseline: dict):
                       fitness=s.fitness, criterion=s.criterion,
                       criterion_params=dict((s.criteria or {}).get(s.criterion, {})),
                       selection=criterion_selection(p),
-                      objects=entrypoints.exported(p.cfg.model.name, p.cfg.data.name),
+                      objects=entrypoints.shipped(p.cfg.model.name, p.cfg.data.name),
+                      paths=tuple(user_paths()),
                       reconstruct=criterion.reconstructs if s.reconstruct is None else s.reconstruct)
 
 

@@ -40,13 +40,22 @@ class TrialSetup:
     criterion_params: dict = field(default_factory=dict)  # search.criteria[criterion]
     selection: list | None = None  # the criterion's per-width selection state (LASSO's Grams)
     reconstruct: bool = False  # least-squares refit of the consumers before training
-    # Models and data passed as Python objects (structsearch.search): they travel by value
-    # (cloudpickle) and are registered again wherever this setup is unpickled (a Ray worker).
-    objects: dict = field(default_factory=dict)
+    # Models and data passed as Python objects (structsearch.search) travel by value: a
+    # cloudpickle blob, loaded and registered again wherever this setup is unpickled (a Ray
+    # worker), after ``paths`` (the driver's own import directories: entry points and the
+    # classes a by-value object refers to by name) are on sys.path there.
+    objects: bytes = b""
+    paths: tuple = ()
 
     def __setstate__(self, state: dict) -> None:
+        import sys
         self.__dict__.update(state)
-        entrypoints.adopt(state.get("objects"))
+        for path in state.get("paths") or ():
+            if path not in sys.path:
+                sys.path.append(path)
+        if state.get("objects"):
+            import cloudpickle
+            entrypoints.adopt(cloudpickle.loads(state["objects"]))
 
 
 def device_for_trial() -> str:
