@@ -26,6 +26,14 @@ from .space import WidthSpace
 from .surgery import prune
 
 
+def _paired(full_run, small: nn.Module, x, device: str, repeats: int) -> dict[str, float]:
+    """The full network (``full_run``) and ``small`` timed interleaved: ms of each."""
+    from .timing import interleaved, torch_runner
+    small = small.to(device).eval()
+    return interleaved({"full": full_run, "small": torch_runner(small, x, device)},
+                       repeats=repeats, warmup=2, max_seconds=2.0)
+
+
 @dataclass(frozen=True)
 class LatencyTable:
     """Measured latency (ms) per group at a few widths, plus the full network's."""
@@ -49,10 +57,10 @@ class LatencyTable:
         busy machine cancel out of the ratios."""
         import torch
 
-        from .timing import _torch_runner, interleaved
+        from .timing import torch_runner
         model = copy.deepcopy(model).to(device).eval()
         x = torch.randn(batch_size, *space.input_shape, device=device)
-        full_run = _torch_runner(model, x, device)
+        full_run = torch_runner(model, x, device)
         full = space.full_widths
         full_times, widths, ratios = [], [], []
         for g in range(len(space)):
@@ -65,9 +73,7 @@ class LatencyTable:
                     continue
                 vec = list(full)
                 vec[g] = w
-                small = prune(model, space, vec).to(device).eval()
-                ms = interleaved({"full": full_run, "small": _torch_runner(small, x, device)},
-                                 repeats=repeats, warmup=2, max_seconds=2.0)
+                ms = _paired(full_run, prune(model, space, vec), x, device, repeats)
                 full_times.append(ms["full"])
                 row.append(min(ms["small"] / ms["full"], 1.0))
             # Timing noise must not make a narrower layer look slower than a wider one.
@@ -83,14 +89,11 @@ class LatencyTable:
 
     def _calibrate(self, model, space, x, full_run, device, repeats, n: int) -> float:
         """Least-squares ``alpha`` (through the origin, in log space) on ``n`` random vectors."""
-        from .timing import _torch_runner, interleaved
         if n < 1:
             return 1.0
         logs_pred, logs_true = [], []
         for w in space.sample(np.random.default_rng(0), n):
-            small = prune(model, space, w).to(device).eval()
-            ms = interleaved({"full": full_run, "small": _torch_runner(small, x, device)},
-                             repeats=repeats, warmup=2, max_seconds=2.0)
+            ms = _paired(full_run, prune(model, space, w), x, device, repeats)
             logs_true.append(np.log(ms["small"] / ms["full"]))
             logs_pred.append(np.log(self.predict(w) / self.full_ms))
         p, t = np.asarray(logs_pred), np.asarray(logs_true)

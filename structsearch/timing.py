@@ -55,7 +55,8 @@ def interleaved(runners: dict, *, repeats: int = 30, warmup: int = 3,
     return {name: 1000.0 * t for name, t in best.items()}
 
 
-def _torch_runner(model: nn.Module, x: torch.Tensor, device: str):
+def torch_runner(model: nn.Module, x: torch.Tensor, device: str):
+    """A zero-argument forward of ``model`` on ``x`` (synchronised on CUDA), for :func:`interleaved`."""
     def run():
         with torch.inference_mode():
             model(x)
@@ -99,7 +100,7 @@ def speedup(baseline: nn.Module, pruned: nn.Module, input_shape, *, batch_size: 
     runs = []
     for b in sizes:
         x = torch.randn(b, *input_shape, device=device)
-        ms = interleaved({k: _torch_runner(m, x, device) for k, m in models.items()},
+        ms = interleaved({k: torch_runner(m, x, device) for k, m in models.items()},
                          repeats=repeats, max_seconds=max_seconds)
         runs.append(_row("torch", b, ms))
     if "onnxruntime" in runtimes and device == "cpu":

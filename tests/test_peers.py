@@ -68,7 +68,9 @@ def test_a_missing_modelopt_is_said_in_one_line(monkeypatch, capsys):
 
 @pytest.mark.skipif(importlib.util.find_spec("modelopt") is None
                     or importlib.util.find_spec("torchprofile") is None,
-                    reason="the peers extra (nvidia-modelopt, torchprofile) is not installed")
+                    reason="the peers extra (nvidia-modelopt, torchprofile) is not installed; "
+                           "CI installs only the test extra, and the missing-ModelOpt path is "
+                           "tested above")
 def test_an_installed_modelopt_is_kept(capsys):
     assert load_peers().available_tools(["modelopt"]) == ["modelopt"]
     assert capsys.readouterr().out == ""

@@ -54,6 +54,8 @@ class TrialSetup:
             if path not in sys.path:
                 sys.path.append(path)
         if state.get("objects"):
+            # The driver's own objects, passed in memory through Ray's object store (as Ray
+            # passes every trial parameter); nothing in the run directory is ever unpickled.
             import cloudpickle
             entrypoints.adopt(cloudpickle.loads(state["objects"]))
 
