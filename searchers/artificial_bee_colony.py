@@ -220,6 +220,16 @@ class ArtificialBeeColony(SearchCore):
             if not self._advance():
                 return FINISHED
 
+    def _warm(self, known):
+        """Known results answer the colony's moves; the best known vectors within the budget
+        take the places of the random initial sources (the seeds keep theirs)."""
+        self.known.update(known)
+        best = sorted(((f, w) for w, f in known.items()
+                       if f > WORST and self.cost(w) <= self.limit * (1 + 1e-9)), reverse=True)
+        free = [m for m in self.queue if m["kind"] == "init" and m["origin"] == "abc:init"]
+        for move, (_, widths) in zip(free, best):
+            move["pos"], move["origin"] = self._pos_of(widths), "abc:known"
+
     def _observe(self, candidate, fitness, info):
         self.known[candidate.widths] = fitness
         for move in self.inflight.pop(candidate.widths, []):

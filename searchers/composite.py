@@ -36,6 +36,10 @@ class CompositeSearch(SearchCore):
             return got
         return FINISHED if finished == len(self.parts) else None
 
+    def _warm(self, known):
+        for part in self.parts:
+            part.warm(known)
+
     def _proposed(self, candidate):
         self.routes[candidate.token] = self._route
 

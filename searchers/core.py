@@ -61,6 +61,7 @@ class SearchCore(ABC):
     - ``needs``: :class:`Need` entries for what the pipeline must provide.
     - ``budget_kinds``: the budgets it works under (``macs``, ``params``, ``latency``).
     - ``early_stopping``: whether a trial scheduler (ASHA) may stop its trials early.
+    - ``reuses_results``: whether it can be warm-started with known results (:meth:`warm`).
 
     Its parameters are the keyword arguments of its ``__init__`` after ``seed``, each typed and
     with a default; ``searchers.parameters(name)`` lists them and the config is checked against
@@ -71,6 +72,9 @@ class SearchCore(ABC):
     needs: ClassVar[tuple[Need, ...]] = ()
     budget_kinds: ClassVar[tuple[str, ...]] = ("macs", "params", "latency")
     early_stopping: ClassVar[bool] = True
+    # Whether a known result (a finished run's candidate, ``warm``) may answer a proposal: False
+    # for a searcher whose next step needs what its own trial reported (DropNet's scores).
+    reuses_results: ClassVar[bool] = True
     # Attributes rebuilt by the constructor, not part of ``state()``.
     _static: ClassVar[frozenset] = frozenset({"space", "view"})
 
@@ -89,6 +93,10 @@ class SearchCore(ABC):
         self.asked = 0
         self.pending: dict[int, Candidate] = {}
         self.history: list[tuple[tuple[int, ...], float, str]] = []
+        # Results known before the search began (finished runs' candidates, see ``warm``):
+        # a proposal of one of these widths is answered at once, without a trial.
+        self.reusable: dict[tuple[int, ...], float] = {}
+        self.reused = 0  # proposals answered from ``reusable`` (they cost no candidate)
 
     # -- hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -103,6 +111,11 @@ class SearchCore(ABC):
         """Called by ``ask`` with the proposal just numbered (its ``token`` is final), before it
         is returned: remember what the proposal's result will be matched to."""
 
+    def _warm(self, known: dict[tuple[int, ...], float]) -> None:
+        """Called by ``warm`` with every known result (over the budget too) before the first
+        ``ask``: start from them (ABC: its first sources; Optuna: completed trials). The
+        default only answers proposals of known widths from them (see ``ask``)."""
+
     def _observe(self, candidate: Candidate, fitness: float, info: dict) -> None:
         """Called by ``tell`` once per proposal with its fitness (:data:`WORST` for a failed
         candidate) and ``info``, the rest of what its trial reported (e.g. DropNet's
@@ -111,19 +124,46 @@ class SearchCore(ABC):
     # -- protocol (final) ----------------------------------------------------------------
     def ask(self):
         """The next :class:`Candidate`, ``None`` ("wait: results I need are still running") or
-        :data:`FINISHED`."""
-        if self.asked >= self.num_candidates:
-            return FINISHED
-        nxt = self._next()
-        if nxt is None or (isinstance(nxt, str) and nxt == FINISHED):
-            return nxt
-        draft = nxt if isinstance(nxt, Candidate) else self.draft(*nxt)
-        candidate = Candidate(self.asked, self.feasible(draft.widths), draft.origin,
-                              draft.searcher or self.name, draft.options)
-        self.asked += 1
-        self.pending[candidate.token] = candidate
-        self._proposed(candidate)
-        return candidate
+        :data:`FINISHED`. A proposal whose widths are already known (``warm``) is told its
+        known fitness at once and the searcher is asked again: it costs no candidate."""
+        for _ in range(self.num_candidates * 10 + 100):
+            if self.asked >= self.num_candidates:
+                return FINISHED
+            nxt = self._next()
+            if isinstance(nxt, str) and nxt == FINISHED and self.reused and not self.shortfall:
+                self.shortfall = f"{self.reused} of its proposals were known from finished runs"
+            if nxt is None or (isinstance(nxt, str) and nxt == FINISHED):
+                return nxt
+            draft = nxt if isinstance(nxt, Candidate) else self.draft(*nxt)
+            candidate = Candidate(self.asked + self.reused, self.feasible(draft.widths),
+                                  draft.origin, draft.searcher or self.name, draft.options)
+            self.pending[candidate.token] = candidate
+            self._proposed(candidate)
+            if candidate.widths in self.reusable:
+                self.reused += 1
+                self.tell(candidate.token, self.reusable[candidate.widths], {"reused": True})
+                continue
+            self.asked += 1
+            return candidate
+        self.shortfall = (f"the searcher kept proposing known width vectors ({self.reused} "
+                          f"answered from finished runs)")
+        return FINISHED
+
+    def warm(self, known: dict) -> None:
+        """Start from known results (width vector -> fitness, e.g. a finished run's
+        candidates at another budget; call before the first ``ask``): the feasible ones enter
+        ``history`` (so ``best`` sees them), and a proposal of any known vector is answered
+        from it without a trial."""
+        if self.asked or self.reused or self.pending:
+            raise RuntimeError("warm() must be called before the first ask()")
+        if not self.reuses_results:
+            raise ValueError(f"searcher {self.name} cannot start from known results (each step "
+                             f"needs what its own trial reports)")
+        self.reusable = {tuple(int(v) for v in w): float(f) for w, f in known.items()}
+        for widths, value in self.reusable.items():
+            if self.cost(widths) <= self.limit * (1 + 1e-9):
+                self.history.append((widths, value, "known"))
+        self._warm(dict(self.reusable))
 
     def tell(self, token: int, fitness: float | None, info: dict | None = None) -> None:
         """Report proposal ``token``'s fitness (higher is better; ``None`` or non-finite for a

@@ -33,6 +33,7 @@ class DropNetSchedule(SearchCore):
     # Raw activations: DropNet's global ranking compares channels across groups.
     needs = (Need("channel_scores", "scores", options={"criterion": "activation", "normalize": False}),)
     early_stopping = False  # each step needs its fully trained accuracy and activations
+    reuses_results = False  # ... so a known result (without activations) cannot answer one
 
     def __init__(self, space, *, limit, num_candidates, seed=0, view=None,
                  scores: list | None = None, p: float = 0.2, kappa: float = 0.9, mode: str = "min",

@@ -143,6 +143,26 @@ class _OptunaSearch(SearchCore, ABC):
         self._current = trial
         return self._widths(trial), f"{origin}:projected"
 
+    def _warm(self, known):
+        """Known results on the grid become completed trials of the study (over-budget ones
+        with their excess as the constraint), ahead of the seeds still queued."""
+        queued = [op[1] for op in self.log if op[0] == "enqueue"]
+        if len(queued) != len(self.log):
+            raise RuntimeError("warm() must come before the study is asked")
+        self.log, self.study = [], self._new_study()
+        for widths, fitness in known.items():
+            if not all(w in self.space.grid(i) for i, w in enumerate(widths)):
+                continue  # off this space's grid: answered if proposed, not taught
+            self._enqueue(self._params(widths))
+            trial = self._ask()
+            self._widths(trial)
+            self._constrain(trial, self.cost(widths) - self.limit)
+            value = 0.0 if not np.isfinite(fitness) else float(fitness)
+            self._tell(trial, value if len(self.directions) == 1
+                       else [value, float(self.cost(widths))])
+        for indices in queued:
+            self._enqueue(self._named(indices))
+
     def _proposed(self, candidate):
         self.trials[candidate.token] = self._current
         self._current = None

@@ -32,6 +32,7 @@ class UniformSweep(SearchCore):
         self.num_candidates = len(vectors)
 
     def _next(self):
-        if self.asked >= len(self.queue):
+        step = self.asked + self.reused  # known vectors (``warm``) are skipped, not repeated
+        if step >= len(self.queue):
             return FINISHED
-        return self.queue[self.asked], "uniform"
+        return self.queue[step], "uniform"

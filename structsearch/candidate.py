@@ -45,10 +45,11 @@ class Candidate:
 
 
 # The columns of candidates.csv, in order (``error``, ``cost``, ``reconstructed``, whether the
-# least-squares reconstruction ran, and ``node``, the Ray node the trial ran on, after the
-# contract's columns).
+# least-squares reconstruction ran, ``node``, the Ray node the trial ran on, and ``from_run``,
+# the finished run a known candidate was trained in (``--from``; empty: trained in this run),
+# after the contract's columns).
 COLUMNS = ("trial_id", "searcher", "origin", "widths", "macs", "params", "macs_ratio", "val_acc",
-           "epochs", "seconds", "status", "error", "cost", "reconstructed", "node")
+           "epochs", "seconds", "status", "error", "cost", "reconstructed", "node", "from_run")
 
 
 def result_row(candidate: Candidate, *, trial_id: str, metrics: dict, error: str | None,

@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set budget.macs_ratio=0.3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
+    p.add_argument("--from", dest="warm_from", action="append", default=[], metavar="RUN_DIR",
+                   help="start from a finished run's candidates (same model, data and candidate "
+                        "training; another budget or searcher): known width vectors are not "
+                        "trained again (repeatable)")
 
     p = sub.add_parser("train", help="train (or load) the baseline of a config only")
     p.add_argument("config")
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             from . import config as config_mod
             from .pipeline import run_search
             cfg = config_mod.load(args.config, args.set)
-            run_search(cfg, out=args.out, config_path=args.config, resume=args.resume, address=args.address)
+            run_search(cfg, out=args.out, config_path=args.config, resume=args.resume,
+                       address=args.address, warm_from=args.warm_from)
         elif args.command == "train":
             from . import config as config_mod
             from .commands import run_baseline

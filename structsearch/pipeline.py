@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import journal as search_journal
-from . import entrypoints, models, report, rundir
+from . import entrypoints, models, report, rundir, warmstart
 from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
@@ -219,7 +219,8 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
     rows = sorted((dict(t["row"], checkpoint=t["checkpoint"]) for t in journal.trials),
                   key=lambda r: r["token"])
     say(f"search: {len(rows)} candidates in {time.perf_counter() - start:.0f} s "
-        f"({sum(r['status'] != 'ok' for r in rows)} failed)")
+        f"({sum(r['status'] != 'ok' for r in rows)} failed"
+        + (f"; {core.reused} more answered by known results" if core.reused else "") + ")")
     return rows
 
 
@@ -319,10 +320,13 @@ def keep_winner(p: Prepared, rows: list[dict], winner: dict, summary: dict) -> d
 
 
 # ---------------------------------------------------------------------------- the flow
-def open_run(cfg: Config, out, config_path, resume: bool, address) -> tuple[Prepared, Journal | None]:
-    """The checked run and, with ``resume``, its journal: all read before Ray starts."""
+def open_run(cfg: Config, out, config_path, resume: bool, address, warm_from=()):
+    """The checked run, with ``resume`` its journal, and the ``--from`` runs' candidates: all
+    read before Ray starts."""
     run_dir = rundir.open_run_dir(out, config_path, resume)
     check_resources(cfg, address)
+    warmstart.check_searcher(cfg.search.searcher, bool(warm_from))
+    warm = warmstart.open_sources(cfg, run_dir, list(warm_from), resume)
     p = prepare(cfg, run_dir)
     say(f"run directory: {run_dir}")
     rundir.save_or_check_config(cfg, run_dir, {
@@ -331,13 +335,14 @@ def open_run(cfg: Config, out, config_path, resume: bool, address) -> tuple[Prep
     journal = load_journal(journal_path(run_dir)) if resume else None
     if resume:
         rundir.check_resumable(cfg, run_dir, journal is not None)
-    return p, journal
+    return p, journal, warm
 
 
 def run_search(cfg: Config, *, out: str | None = None, config_path: str | None = None,
-               resume: bool = False, address: str | None = None) -> Path:
-    """Run the whole flow; returns the run directory."""
-    p, journal = open_run(cfg, out, config_path, resume, address)
+               resume: bool = False, address: str | None = None, warm_from=()) -> Path:
+    """Run the whole flow; returns the run directory. ``warm_from``: finished runs whose
+    candidates answer this run's searcher without training (see :mod:`.warmstart`)."""
+    p, journal, warm = open_run(cfg, out, config_path, resume, address, warm_from)
     baseline = stage_baseline(p)
     scores = criterion_scores(p, cfg.search.criterion)
     core = build_searcher(p)  # what the searcher needs from the baseline, before Ray starts
@@ -346,8 +351,14 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     init_ray(address)
     if needs_trial(cfg.search.searcher):  # e.g. DMCP's chains come from a supernet trial
         core = build_searcher(p, supernet=lambda need: stage_supernet(p, scores, baseline, need))
-    rows = stage_search(p, scores, baseline, core, journal=journal)
+    known = warm.rows_for(p, baseline) if warm else []
+    if warm and not (journal and journal.trials):
+        core.warm(warm.known(p.space))
+    rows = known + stage_search(p, scores, baseline, core, journal=journal)
     summary = summaries.search_summary(p, baseline, rows, time.perf_counter() - started)
+    if warm:
+        summary["search"].update(known=len(known), sources=warm.sources)
+        summary["front"] = warmstart.front(warm, rows, p.budget)
     report.write_candidates(rows, p.run_dir / "candidates.csv")
     report.write_width_histograms(rows, p.space.full_widths,
                                   rundir.local_tune_dir(cfg, p.run_dir) / "widths")
@@ -360,7 +371,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
         report.write_json(summary, p.run_dir / "summary.json")
         report.render(p.run_dir)
         raise summaries.no_winner(rows, p.run_dir)
-    winner_state = keep_winner(p, rows, winner, summary)
+    winner_state = keep_winner(p, rows, warmstart.retrain_winner(p, scores, baseline, winner), summary)
     report.write_json(summary, p.run_dir / "summary.json")
     summary.update(summaries.final_entries(stage_final(p, scores, baseline, winner, winner_state)))
     summary["speed"] = speedup(p.model, load_pruned(p.run_dir / "winner"), p.splits.input_shape,

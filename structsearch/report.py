@@ -149,6 +149,7 @@ def render(run_dir) -> Path:
     lines += _results_section(summary)
     lines += reevaluation_section(summary)
     lines += oneshot_section(summary)
+    lines += front_section(summary)
     lines += ["![pareto](pareto.png)", "", "## Candidates (best 20 by validation accuracy)", "",
               "| trial | origin | MACs % | val acc % | status |", "|---|---|---|---|---|"]
     ranked = sorted(rows, key=lambda r: (r["status"] != "ok", -(r["val_acc"] or 0)))
@@ -254,6 +255,27 @@ def oneshot_section(summary: dict) -> list[str]:
     lines += ["", f"The search's winner is **{verdict}** the best one-shot baseline on this run "
               f"(one seed{noise}).", ""]
     return lines
+
+
+def front_section(summary: dict) -> list[str]:
+    """A search reused at other budgets (``--from``): the best candidate per budget level."""
+    front, search = summary.get("front"), summary.get("search", {})
+    if not front:
+        return []
+    unit = {"macs": 1e6, "params": 1e6, "latency": 1.0}.get(front[0]["kind"], 1.0)
+    label = {"macs": "M MACs", "params": "M params", "latency": "ms"}.get(front[0]["kind"], "")
+    lines = ["## Best candidate per budget level", "",
+             f"{search.get('known', 0)} candidates came from "
+             f"{', '.join(f'`{s}`' for s in search.get('sources', []))} without training again; "
+             f"validation accuracy after the search's epochs (the accuracy-vs-budget front):", "",
+             f"| budget ({label}) | candidates within | best val acc % | its MACs % | trial | "
+             "origin | trained in |", "|---|---|---|---|---|---|---|"]
+    for e in front:
+        mark = " (this run)" if e["this_run"] else ""
+        lines.append(f"| {e['limit'] / unit:.4g}{mark} | {e['candidates']} | {_pct(e['val_acc'])} | "
+                     f"{_pct(e['macs_ratio'])} | {e['trial_id']} | {e['origin']} | "
+                     f"{e['from_run'] or 'this run'} |")
+    return lines + [""]
 
 
 def write_width_histograms(rows: list[dict], full_widths, logdir: Path) -> None:
