@@ -1,109 +1,214 @@
-"""Search quality: fine-tuned test accuracy of each searcher's winner at an equal candidate budget.
+"""Search quality where structure matters: does a search beat the one-shot baselines?
 
-Claim checked (issue 6): at 50% MACs on mnist5k with the demo CNN, ABC's winner is at least as
-good as the best baseline searcher's. Every searcher starts from the same trained baseline
-(trained once, passed as model.checkpoint), gets the same number of candidates and candidate
-epochs, and its winner is fine-tuned the same way; the test split is used only for the final
-numbers. Prints mean +- std over seeds.
+Settings (issue 16): small_cnn on mnist5k at 10% and 25% MACs, and cifar_resnet20 with one
+input channel on mnist5k at 20%. Per setting and seed one baseline is trained (seeded; its
+validation split is that seed's) and shared by every searcher of that seed. Every searcher gets
+the same training compute, counted in candidate-epochs (candidates x search.epochs, the
+re-evaluation of the top candidates included), and its winner is fine-tuned by the same
+protocol; the one-shot baselines (one uniform ratio, the criterion's global threshold) are
+trained by that protocol too (a candidate's epochs from the baseline's weights, then the same
+fine-tune) in the first searcher's run of each seed. The test split is touched only for the
+final numbers.
+
+Prints, per setting: each searcher's fine-tuned test accuracy (mean, standard error over
+seeds), each baseline's, and the paired difference (searcher minus the best baseline of the
+same seed: mean and standard error). Run directories are kept under ``--out`` and reused, so an
+interrupted run continues and ``--only`` adds searchers to a finished one.
+
+``--quick`` is a tiny version (digits, one seed, 4 candidate-epochs) that a test runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+SETTINGS = {
+    "small_cnn@10%": {"model": "small_cnn", "data": "mnist5k", "macs_ratio": 0.10, "seeds": 5},
+    "small_cnn@25%": {"model": "small_cnn", "data": "mnist5k", "macs_ratio": 0.25, "seeds": 5},
+    "resnet20@20%": {"model": "cifar_resnet20", "data": "mnist5k", "macs_ratio": 0.20, "seeds": 3},
+}
+QUICK = {"small_cnn@25% (digits)": {"model": "small_cnn", "data": "digits", "macs_ratio": 0.25,
+                                    "seeds": 1}}
+
+# search sections per searcher row (candidates are set from the candidate-epoch budget)
 SEARCHERS = {
-    "abc": {"searcher": "abc", "abc": {"food_number": 4, "food_limit": 3, "max_cycle": 100}},
+    "default": {},  # whatever search.searcher defaults to
+    "abc": {"searcher": "abc"},
     "random": {"searcher": "random"},
-    "uniform": {"searcher": "uniform"},
-    "seeded (l1)": {"searcher": "seeded", "seeds": ["global:l1"]},
-    "seeded (hrank)": {"searcher": "seeded", "seeds": ["global:hrank"]},
-    "tpe": {"searcher": "tpe", "params": {"tpe": {"n_startup_trials": 4}}},
-    "dmcp": {"searcher": "dmcp"},
+    "tpe": {"searcher": "tpe", "params": {"tpe": {"n_startup_trials": 6}}},
+    "nsga2": {"searcher": "nsga2"},
+    # EagleEye's protocol: many candidates scored by adaptive BN, the best few trained.
+    "two-stage": {"searcher": "abc", "fitness": "adaptive_bn"},
 }
 
 
-def config(base_ckpt: str, seed: int, search: dict, args) -> dict:
-    s = {"criterion": "l1", "candidates": args.candidates, "epochs": args.search_epochs, "lr": 0.01,
-         "concurrent": 2}
-    s.update(search)
+def config(setting: dict, seed: int, row: dict, args, *, checkpoint: str | None,
+           baselines: bool) -> dict:
+    search = {"criterion": "l1", "epochs": args.search_epochs, "lr": 0.02, "concurrent": 2,
+              "reevaluate": args.reevaluate, "reevaluate_seeds": 1}
+    search.update(row)
+    # Equal training compute: candidate-epochs = (candidates + re-evaluation trials) x epochs.
+    trained = max(args.candidate_epochs // args.search_epochs - args.reevaluate, 2)
+    if row.get("fitness") == "adaptive_bn":
+        search.update(candidates=args.explore, train_top=trained)
+    else:
+        search["candidates"] = trained
     return {
         "seed": seed,
-        "model": {"name": "small_cnn", "checkpoint": base_ckpt},
-        "data": {"name": "mnist5k", "batch_size": 64},
-        "baseline": {"epochs": args.baseline_epochs, "lr": 0.2, "schedule": "cosine"},
-        "budget": {"macs_ratio": 0.5},
-        "search": s,
-        "final": {"finetune_epochs": args.finetune_epochs, "finetune_lr": 0.01, "scratch": []},
+        "model": {"name": setting["model"], "checkpoint": checkpoint},
+        "data": {"name": setting["data"], "batch_size": 64, "val_fraction": 0.1},
+        "baseline": {"epochs": args.baseline_epochs, "lr": 0.1, "schedule": "cosine"},
+        "budget": {"macs_ratio": setting["macs_ratio"]},
+        "space": {"round_to": "auto"},
+        "search": search,
+        "final": {"finetune_epochs": args.finetune_epochs, "finetune_lr": 0.01, "scratch": [],
+                  "baselines": ["uniform", "global"] if baselines else []},
     }
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    m = statistics.mean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return m, se
+
+
+def candidate_epochs(summary: dict) -> int:
+    s = summary["search"]
+    trained = s["evaluated"] - s.get("known", 0)
+    if s.get("fitness") == "adaptive_bn":  # explored without training; the trained ones count
+        trained = s.get("trained", 0)
+    repeats = sum(len(e["val_acc_repeats"]) for e in summary.get("reevaluation") or [])
+    return (trained + repeats) * s["epochs"]
+
+
+def run_setting(name: str, setting: dict, rows: dict, args, root: Path) -> dict:
+    from structsearch import config as C
+    from structsearch.commands import run_baseline
+    from structsearch.pipeline import run_search
+    results: dict[str, list[dict]] = {}
+    seeds = min(setting["seeds"], args.seeds) if args.seeds else setting["seeds"]
+    tag = name.split(" ")[0].replace("@", "-").replace("%", "")
+    for seed in range(seeds):
+        base_dir = root / f"{tag}-baseline-{seed}"
+        if not (base_dir / "baseline" / "weights.pt").is_file():
+            run_baseline(C.from_dict(config(setting, seed, {"searcher": "random"}, args,
+                                            checkpoint=None, baselines=False)), out=str(base_dir))
+        ckpt = str(base_dir / "baseline" / "weights.pt")
+        for index, (row_name, row) in enumerate(rows.items()):
+            out = root / f"{tag}-{row_name}-{seed}"
+            if not (out / "summary.json").is_file():
+                start = time.perf_counter()
+                cfg = C.from_dict(config(setting, seed, row, args, checkpoint=ckpt,
+                                         baselines=index == 0 or row_name == args.baselines_in))
+                run_search(cfg, out=str(out), resume=out.exists())
+                print(f"  {name} {row_name} seed {seed}: {time.perf_counter() - start:.0f} s",
+                      flush=True)
+            summary = json.loads((out / "summary.json").read_text())
+            results.setdefault(row_name, []).append(summary)
+            for key, entry in (summary.get("oneshot") or {}).items():
+                results.setdefault(f"one-shot {key}", []).append({"finetune": entry,
+                                                                  "winner": entry, "seed": seed})
+    return results
+
+
+def table(name: str, results: dict) -> list[str]:
+    shots = {k: v for k, v in results.items() if k.startswith("one-shot")}
+    seeds = len(next(iter(shots.values()))) if shots else 0
+    best_base = [max(100 * v[i]["finetune"]["test_acc"] for v in shots.values())
+                 for i in range(seeds)]
+    lines = [f"### {name}", "",
+             "| structure | runs | candidate-epochs | winner MACs % | fine-tuned test acc % "
+             "(mean +- SE) | minus best one-shot, paired (mean +- SE) |",
+             "|---|---|---|---|---|---|"]
+    for row, sums in results.items():
+        tests = [100 * s["finetune"]["test_acc"] for s in sums]
+        m, se = mean_se(tests)
+        ratio = statistics.mean(100 * s["winner"]["macs_ratio"] for s in sums)
+        cost = "0" if row.startswith("one-shot") else \
+            f"{statistics.mean(candidate_epochs(s) for s in sums):.0f}"
+        diff = ""
+        if len(tests) == len(best_base) and best_base:
+            dm, dse = mean_se([t - b for t, b in zip(tests, best_base)])
+            diff = f"{dm:+.2f} +- {dse:.2f}"
+        lines.append(f"| {row} | {len(tests)} | {cost} | {ratio:.1f} | {m:.2f} +- {se:.2f} | {diff} |")
+    return lines + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--candidates", type=int, default=12)
+    parser.add_argument("--settings", nargs="*", help=f"subset of {list(SETTINGS)}")
+    parser.add_argument("--only", nargs="*", help=f"searcher rows (default: default abc random); "
+                                                  f"any of {list(SEARCHERS)}")
+    parser.add_argument("--seeds", type=int, default=0, help="cap the seeds of every setting")
+    parser.add_argument("--candidate-epochs", type=int, default=24)
     parser.add_argument("--search-epochs", type=int, default=1)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
-    parser.add_argument("--baseline-epochs", type=int, default=3)
-    parser.add_argument("--only", nargs="*", help="searcher rows to run")
-    parser.add_argument("--out", default=None, help="keep run directories here")
+    parser.add_argument("--reevaluate", type=int, default=3)
+    parser.add_argument("--explore", type=int, default=200, help="two-stage: candidates scored "
+                                                                 "by adaptive BN")
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--baseline-epochs", type=int, default=8)
+    parser.add_argument("--baselines-in", default="", help="train the one-shot baselines in this "
+                                                           "searcher row's runs too")
+    parser.add_argument("--quick", action="store_true", help="tiny run for the tests")
+    parser.add_argument("--out", default=None, help="keep run directories here (reused)")
+    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
-
-    import ray
-    import torch
-
+    settings = SETTINGS
+    if args.quick:
+        settings = QUICK
+        args.candidate_epochs, args.reevaluate, args.explore = 4, 2, 6
+        args.finetune_epochs, args.baseline_epochs = 1, 2
+    elif args.settings:
+        settings = {k: v for k, v in SETTINGS.items() if k in args.settings}
+    names = args.only or (["default", "random"] if args.quick else ["default", "abc", "random"])
     import searchers
+    import torch
     from structsearch import config as C
-    from structsearch.commands import run_baseline
-    from structsearch.pipeline import run_search
-    from structsearch.tuning import init_ray
-
-    rows = {k: v for k, v in SEARCHERS.items() if not args.only or k in args.only}
-    rows = {k: v for k, v in rows.items() if searchers.available(v["searcher"])}
+    rows = {}
+    for n in names:
+        if n not in SEARCHERS:
+            parser.error(f"unknown searcher row {n!r}; choose from {list(SEARCHERS)}")
+        row = SEARCHERS[n]
+        if n == "default" or searchers.available(row["searcher"]):
+            rows[n] = row
+    default = C.SearchConfig().searcher
+    if "default" in rows and default in rows:  # the same runs twice: keep one, named both
+        rows.pop(default)
     root = Path(args.out or tempfile.mkdtemp(prefix="structsearch-quality-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"torch {torch.__version__}, ray {ray.__version__}")
-    print(f"setup: small_cnn on mnist5k, budget 50% MACs, {args.candidates} candidates x "
-          f"{args.search_epochs} epoch(s), winner fine-tuned {args.finetune_epochs} epochs at lr 0.01, "
-          f"seeds 0..{args.seeds - 1}")
-    base_dir = root / "baseline"
-    if not (base_dir / "baseline" / "weights.pt").is_file():
-        cfg = C.from_dict(config(None, 0, {"searcher": "random"}, args) | {"model": {"name": "small_cnn"}})
-        run_baseline(cfg, out=str(base_dir))
-    ckpt = str(base_dir / "baseline" / "weights.pt")
-    base = json.loads((base_dir / "baseline" / "metrics.json").read_text())
-    print(f"baseline: test {100 * base['test_acc']:.2f}%, {base['macs'] / 1e6:.2f} M MACs")
+          f"torch {torch.__version__}; commit {commit}; default searcher: {default}")
+    print(f"protocol: {args.candidate_epochs} candidate-epochs per searcher ({args.search_epochs} "
+          f"epoch(s) per candidate, top {args.reevaluate} re-evaluated once), winner and one-shot "
+          f"baselines fine-tuned {args.finetune_epochs} epochs at lr 0.01; baseline "
+          f"{args.baseline_epochs} epochs per seed; run directories in {root}", flush=True)
+    from structsearch.tuning import init_ray
     init_ray(None)
-    results: dict[str, list[dict]] = {}
-    for name, search in rows.items():
-        for seed in range(args.seeds):
-            out = root / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}-{seed}"
-            if not (out / "summary.json").is_file():
-                start = time.perf_counter()
-                run_search(C.from_dict(config(ckpt, seed, search, args)), out=str(out), resume=out.exists())
-                print(f"  {name} seed {seed}: {time.perf_counter() - start:.0f} s")
-            summary = json.loads((out / "summary.json").read_text())
-            results.setdefault(name, []).append(summary)
-    print()
-    print("| searcher | candidates | winner val acc % | fine-tuned test acc % (mean +- std) | MACs % |")
-    print("|---|---|---|---|---|")
-    for name, sums in results.items():
-        tests = [100 * s["finetune"]["test_acc"] for s in sums]
-        vals = [100 * s["winner"]["val_acc"] for s in sums]
-        ratio = [100 * s["winner"]["macs_ratio"] for s in sums]
-        n = statistics.mean(s["search"]["evaluated"] for s in sums)
-        sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
-        print(f"| {name} | {n:.0f} | {statistics.mean(vals):.2f} | {statistics.mean(tests):.2f} +- {sd:.2f} "
-              f"| {statistics.mean(ratio):.1f} |")
-    ray.shutdown()
+    everything, lines = {}, []
+    for name, setting in settings.items():
+        results = run_setting(name, setting, rows, args, root)
+        everything[name] = {row: [{"test_acc": s["finetune"]["test_acc"],
+                                   "macs_ratio": s["winner"]["macs_ratio"],
+                                   "candidate_epochs": 0 if row.startswith("one-shot")
+                                   else candidate_epochs(s)} for s in sums]
+                            for row, sums in results.items()}
+        lines += table(name, results)
+        print("\n".join(table(name, results)), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(everything, indent=2))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

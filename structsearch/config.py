@@ -95,6 +95,10 @@ class SearchConfig:
     criteria: dict = field(default_factory=dict)
     abc: dict = field(default_factory=dict)
     fitness: str = "train"  # train | adaptive_bn (EagleEye: recalibrate BN, no training)
+    # Two stages (EagleEye's protocol): with fitness adaptive_bn, the best `train_top` candidates
+    # by adaptive-BN accuracy are then trained `epochs` epochs and the winner is picked among
+    # them (re-evaluation and the one-shot baselines then use the trained fitness). 0: off.
+    train_top: int = 0
     # Least-squares refit of the consumers of pruned channels before a candidate trains (He et
     # al.'s reconstruction); null: the criterion's own default (on for lasso).
     reconstruct: bool | None = None
@@ -292,6 +296,12 @@ def _check_search(cfg: Config) -> None:
         bad("search.resources", f"cpu must be > 0 and gpu >= 0, got cpu={s.resources.cpu} gpu={s.resources.gpu}")
     if s.fitness not in ("train", "adaptive_bn"):
         bad("search.fitness", f"choose train or adaptive_bn, got '{s.fitness}'")
+    if s.train_top < 0 or (s.train_top and s.fitness != "adaptive_bn"):
+        bad("search.train_top", f"trains the best candidates of a cheap first stage: set "
+            f"search.fitness: adaptive_bn with it (or 0 for one stage), got {s.train_top}")
+    if s.train_top > s.candidates:
+        bad("search.train_top", f"must be at most search.candidates ({s.candidates}), got "
+            f"{s.train_top}")
     if s.scheduler not in ("fifo", "asha"):
         bad("search.scheduler", f"choose fifo or asha, got '{s.scheduler}'")
     if s.scheduler == "asha" and not searchers.early_stopping(s.searcher):

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import journal as search_journal
-from . import entrypoints, models, report, rundir, warmstart
+from . import entrypoints, models, report, rundir, twostage, warmstart
 from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
@@ -105,8 +105,9 @@ def stage_baseline(p: Prepared) -> dict:
 
 
 # ---------------------------------------------------------------------------- Tune stages
-def trial_setup(p: Prepared, scores, baseline: dict):
-    """What every trial rebuilds its model and data from (shipped once per experiment)."""
+def trial_setup(p: Prepared, scores, baseline: dict, fitness: str | None = None):
+    """What every trial rebuilds its model and data from (shipped once per experiment);
+    ``fitness`` replaces ``search.fitness`` (a two-stage search's later stages train)."""
     from trainables.common import TrialSetup
 
     from .tuning import user_paths
@@ -116,7 +117,7 @@ def trial_setup(p: Prepared, scores, baseline: dict):
     return TrialSetup(model_name=p.cfg.model.name, model_kwargs=p.model_kwargs, data_spec=p.data_spec,
                       space=p.space, scores=scores, train=spec, seed=p.cfg.seed,
                       baseline_macs=int(baseline["macs"]), fault_injection=dict(s.fault_injection),
-                      fitness=s.fitness, criterion=s.criterion,
+                      fitness=fitness or s.fitness, criterion=s.criterion,
                       criterion_params=dict((s.criteria or {}).get(s.criterion, {})),
                       selection=criterion_selection(p),
                       objects=entrypoints.shipped(p.cfg.model.name, p.cfg.data.name),
@@ -273,8 +274,8 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
     results = experiment(
         p, "final", final_trainable, param_space={"protocol": tune.grid_search(list(runs))},
         concurrent=len(runs), callbacks=[Progress(len(runs), "final", describe)],
-        params={"setup": trial_setup(p, scores, baseline), "baseline_state": state,
-                "winner_state": winner_state, "runs": runs})
+        params={"setup": trial_setup(p, scores, baseline, twostage.fitness_after_search(p.cfg)),
+                "baseline_state": state, "winner_state": winner_state, "runs": runs})
     for result in results:
         key = result.config["protocol"]
         if result.error is not None:
@@ -359,12 +360,13 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     if warm:
         summary["search"].update(known=len(known), sources=warm.sources)
         summary["front"] = warmstart.front(warm, rows, p.budget)
-    report.write_candidates(rows, p.run_dir / "candidates.csv")
     report.write_width_histograms(rows, p.space.full_widths,
                                   rundir.local_tune_dir(cfg, p.run_dir) / "widths")
-    winner = pick_winner(rows, p.budget.limit)
+    rows, pool = twostage.winner_pool(p, scores, baseline, rows, summary)  # EagleEye: train the best
+    report.write_candidates(rows, p.run_dir / "candidates.csv")
+    winner = pick_winner(pool, p.budget.limit)
     if winner is not None:
-        winner, table = stage_reevaluate(p, scores, baseline, rows)
+        winner, table = stage_reevaluate(p, scores, baseline, pool)
         if table:
             summary["reevaluation"] = table
     if winner is None:

@@ -59,6 +59,7 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
 
     from .pipeline import experiment, trial_setup
     from .tuning import Progress
+    from .twostage import fitness_after_search
     s = p.cfg.search
     top = top_candidates(rows, p.budget.limit, max(s.reevaluate, 1))
     if s.reevaluate < 2 or s.reevaluate_seeds < 1 or len(top) < 2:
@@ -76,7 +77,8 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
                              param_space={"run": tune.grid_search(configs)},
                              concurrent=s.concurrent,
                              callbacks=[Progress(len(configs), "re-evaluation", describe)],
-                             params={"setup": trial_setup(p, scores, baseline),
+                             params={"setup": trial_setup(p, scores, baseline,
+                                                          fitness_after_search(p.cfg)),
                                      "baseline_state": {k: v.cpu() for k, v in
                                                         p.model.state_dict().items()}})
         repeats: dict[str, list[float]] = {}

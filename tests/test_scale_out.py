@@ -48,7 +48,10 @@ def _mini(**search):
 def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
     from structsearch.pipeline import run_search
 
-    cfg = _mini(scheduler="asha", epochs=4, candidates=8)
+    # ABC: each phase is one batch of parallel trials, which ASHA's rungs compare; a stopped
+    # move is told its accuracy at the rung it stopped at (the colony's greedy step drops it).
+    cfg = _mini(scheduler="asha", epochs=4, candidates=8, searcher="abc",
+                params={"abc": {"food_number": 4}})
     run = run_search(cfg, out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")
     stopped = [r for r in rows if r["status"] == "stopped"]
@@ -69,12 +72,31 @@ def test_asha_stops_candidates_and_still_picks_a_winner(tmp_path, ray_local):
     in_rungs = {tid for bracket in scheduler._brackets
                 for _, recorded in bracket._rungs for tid in recorded}
     assert in_rungs == {t["trial_id"] for t in journal.trials}
+    phases = [phase for _, phase, _ in journal.core["phase_log"]]
+    assert phases[:2] == ["init", "employed"]
+    stopped_fitness = {tuple(r["widths"]): r["val_acc"] for r in stopped}
+    known = journal.core["known"]
+    assert all(known[w] == acc for w, acc in stopped_fitness.items())
 
 
-def test_adaptive_bn_fitness_search(tmp_path, ray_local):
+def test_two_stage_search_trains_the_best_adaptive_bn_candidates(tmp_path, ray_local):
+    """EagleEye's protocol: 6 candidates scored by adaptive BN (no training), the best 2 by
+    that score trained one epoch; the winner is a trained one."""
+    import json
+
     from structsearch.pipeline import run_search
 
-    run = run_search(_mini(fitness="adaptive_bn", candidates=4), out=str(tmp_path / "run"))
+    run = run_search(_mini(fitness="adaptive_bn", candidates=6, train_top=2),
+                     out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")
-    assert len(rows) == 4 and all(r["status"] == "ok" and r["epochs"] == 0 for r in rows)
-    assert max(r["val_acc"] for r in rows) > 0.3
+    first = [r for r in rows if r["epochs"] == 0]
+    trained = [r for r in rows if r["epochs"] == 1]
+    assert len(first) == 6 and all(r["status"] == "ok" for r in first)
+    assert max(r["val_acc"] for r in first) > 0.3
+    best_two = sorted(first, key=lambda r: (-r["val_acc"], r["macs"]))[:2]
+    assert sorted(r["widths"] for r in trained) == sorted(r["widths"] for r in best_two)
+    assert {r["trial_id"] for r in trained} == {r["trial_id"] + "-trained" for r in best_two}
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["search"]["trained"] == 2 and summary["search"]["fitness"] == "adaptive_bn"
+    assert summary["winner"]["trial_id"].endswith("-trained") and summary["winner"]["epochs"] == 1
+    assert summary["winner"]["val_acc"] == max(r["val_acc"] for r in trained)
