@@ -130,8 +130,10 @@ class SearchCore(ABC):
             if self.asked >= self.num_candidates:
                 return FINISHED
             nxt = self._next()
-            if isinstance(nxt, str) and nxt == FINISHED and self.reused and not self.shortfall:
-                self.shortfall = f"{self.reused} of its proposals were known from finished runs"
+            if isinstance(nxt, str) and nxt == FINISHED and not self.shortfall:
+                self.shortfall = (f"{self.reused} of its proposals were known from finished runs"
+                                  if self.reused else f"{self.name} had no new width vector to "
+                                  f"propose after {self.asked} (a small space within the budget)")
             if nxt is None or (isinstance(nxt, str) and nxt == FINISHED):
                 return nxt
             draft = nxt if isinstance(nxt, Candidate) else self.draft(*nxt)

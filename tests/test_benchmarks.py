@@ -22,3 +22,20 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     search = figures["search"]
     assert search["candidates"] == 2 and 0.1 < search["finetune_test_acc"] <= 1.0
     assert search["speed"]["speedup"] > 0
+
+def test_search_quality_quick_prints_the_paired_table(tmp_path):
+    """benchmarks/search_quality.py --quick: the default searcher and both one-shot baselines
+    trained by one protocol, with the candidate-epochs each spent and the paired difference."""
+    out = tmp_path / "runs"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), "--quick",
+                          "--out", str(out), "--json", str(tmp_path / "q.json")],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    assert "minus best one-shot, paired" in res.stdout
+    figures = json.loads((tmp_path / "q.json").read_text())["small_cnn@25% (digits)"]
+    assert set(figures) == {"default", "one-shot uniform", "one-shot global:l1"}
+    # 4 candidate-epochs: 2 candidates plus 2 re-evaluation repeats of one epoch each.
+    assert figures["default"][0]["candidate_epochs"] == 4
+    for entries in figures.values():
+        assert 0.1 < entries[0]["test_acc"] <= 1.0 and 0 < entries[0]["macs_ratio"] <= 0.25 + 1e-9
+    assert figures["one-shot uniform"][0]["candidate_epochs"] == 0

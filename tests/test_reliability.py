@@ -115,7 +115,7 @@ def _journal_trials(out: Path) -> int:
 def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     N = 12
     data = json.loads(json.dumps(BASE))
-    data["search"].update(candidates=N, concurrent=2, searcher="abc", epochs=2,
+    data["search"].update(candidates=N, concurrent=2, searcher="abc", epochs=1,
                           abc={"food_number": 3, "max_cycle": 4})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(data))

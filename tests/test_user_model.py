@@ -110,7 +110,7 @@ def test_user_data_and_models_are_checked_before_ray(tmp_path):
         structsearch.search(UserNet(), train=(x, y), serach={"candidates": 2})
 
 
-def test_readme_python_api_example_runs_as_written(tmp_path, ray_local, monkeypatch):
+def test_readme_python_api_example_runs_as_written(tmp_path, ray_local, monkeypatch, capsys):
     """README's "Your own model and data" example (a factory defined in the script, so it
     travels by value), run as written from a scratch directory."""
     import re
@@ -125,6 +125,9 @@ def test_readme_python_api_example_runs_as_written(tmp_path, ray_local, monkeypa
     result = namespace["result"]
     assert result.run_dir == tmp_path / "runs" / "my-net"
     assert result.baseline["epochs"] == 10 and result.baseline["test_acc"] > 0.5
-    assert len(result.candidates) == 4 and set(result.final) == {"finetune"}
+    # At most the 4 asked for: the default bee colony stops early, saying why, when the small
+    # space within the budget has no new width vector.
+    assert 2 <= len(result.candidates) <= 4 and set(result.final) == {"finetune"}
+    assert len(result.candidates) == 4 or "stopped early" in capsys.readouterr().out
     assert result.summary["winner"]["macs_ratio"] <= 0.5
     assert result.best.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
