@@ -204,8 +204,9 @@ def main() -> None:
                                    "candidate_epochs": 0 if row.startswith("one-shot")
                                    else candidate_epochs(s)} for s in sums]
                             for row, sums in results.items()}
-        lines += table(name, results)
-        print("\n".join(table(name, results)), flush=True)
+        section = table(name, results)
+        lines += section
+        print("\n".join(section), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=2))
     print("\n".join(lines))

@@ -103,13 +103,7 @@ class ArtificialBeeColony(SearchCore):
     def _random_pos(self) -> np.ndarray:
         # Random sources spend most of the budget (as random search's do): a source far below
         # the budget starts the colony with needlessly weak candidates.
-        # A coarse grid may have nothing that close to the budget: step the lower bound down.
-        for low in (self.init_fraction, 0.9, 0.75, 0.5, 0.0):
-            try:
-                return self._repair(self._pos_of(self.sample(1, min(low, self.init_fraction))[0]))
-            except ValueError:
-                continue
-        return self._repair(self._pos_of(self.space.snap(self.project(self.space.full_widths))))
+        return self._repair(self._pos_of(self.sample_near(self.init_fraction)))
 
     def _neighbour(self, i: int) -> np.ndarray:
         """``x_ij + U(-1, 1) * (x_ij - x_kj)`` on ``honeychange_num`` random dimensions."""

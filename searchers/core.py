@@ -196,6 +196,19 @@ class SearchCore(ABC):
         lo = max(low * self.limit, self.view.floor)
         return self.space.sample(self.rng, n, (lo, self.limit), cost=self.view)
 
+    def sample_near(self, low: float) -> np.ndarray:
+        """One random grid vector costing between ``low`` of the limit and the limit; a coarse
+        grid (few widths per group) may have none there, and then the lower bound steps down
+        (remembered in ``reachable``, so later draws skip what failed)."""
+        for step in (low, 0.9, 0.8, 0.5, 0.0):
+            if step > min(low, getattr(self, "reachable", 1.0)):
+                continue
+            try:
+                return self.sample(1, step)[0]
+            except ValueError:  # WidthError: nothing on the grid costs that much within budget
+                self.reachable = step * 0.999
+        return self.project(self.space.lower)
+
     def fill(self, widths, low: float = 0.97) -> np.ndarray:
         """``widths`` (within the budget) widened one grid step at a time in random groups,
         each step kept only if the vector stays within the budget, until it costs at least

@@ -20,17 +20,8 @@ class RandomSearch(SearchCore):
         self.seen: set[tuple[int, ...]] = set()
 
     def _draw(self) -> tuple[int, ...]:
-        """One draw within [min_fraction, 1] of the budget; a coarse grid (few widths per
-        group) may have no vector there, and then the lower bound steps down."""
-        for low in (self.min_fraction, 0.9, 0.8, 0.5, 0.0):
-            if low > min(self.min_fraction, getattr(self, "reachable", 1.0)):
-                continue
-            try:
-                return tuple(int(v) for v in self.sample(1, low)[0])
-            except ValueError:  # WidthError: nothing on the grid costs that much within budget
-                self.reachable = low * 0.999  # remembered: later draws skip what failed
-                continue
-        return tuple(int(v) for v in self.project(self.space.lower))
+        """One draw within [min_fraction, 1] of the budget (lower on a coarse grid)."""
+        return tuple(int(v) for v in self.sample_near(self.min_fraction))
 
     def _next(self):
         widths = None

@@ -50,15 +50,31 @@ def choose(top: list[dict], repeats: dict[str, list[float]]) -> tuple[dict, list
     return winner, table
 
 
-def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
-    """``(winner row, re-evaluation table)``; the table is kept in RUN_DIR/reevaluation.json
-    (reused on --resume). None as the table when re-evaluation is off or pointless."""
+def train_candidates(p: Prepared, scores, baseline: dict, name: str, runs: list[dict], *,
+                     label: str, fitness: str | None = None, concurrent: int | None = None):
+    """Train candidates again as one Tune experiment ``name`` of this run (each of ``runs``
+    is ``{"candidate": a trial config, "trial_id": ...}``, plus anything the caller reads back
+    from ``result.config["run"]``), exactly as the search trains a candidate but with
+    ``fitness`` (see :func:`~structsearch.pipeline.trial_setup`); returns Tune's results."""
     from ray import tune
 
     from trainables.candidate import reevaluation_trainable
 
     from .pipeline import experiment, trial_setup
     from .tuning import Progress
+    describe = lambda trial: (trial.config["run"]["candidate"]["origin"],  # noqa: E731
+                              (trial.last_result or {}).get("val_acc"), "")
+    return experiment(p, name, reevaluation_trainable, param_space={"run": tune.grid_search(runs)},
+                      concurrent=concurrent or p.cfg.search.concurrent,
+                      callbacks=[Progress(len(runs), label, describe)],
+                      params={"setup": trial_setup(p, scores, baseline, fitness),
+                              "baseline_state": {k: v.cpu() for k, v in
+                                                 p.model.state_dict().items()}})
+
+
+def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
+    """``(winner row, re-evaluation table)``; the table is kept in RUN_DIR/reevaluation.json
+    (reused on --resume). None as the table when re-evaluation is off or pointless."""
     from .twostage import fitness_after_search
     s = p.cfg.search
     top = top_candidates(rows, p.budget.limit, max(s.reevaluate, 1))
@@ -71,16 +87,8 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
         configs = repeat_configs(top, s.reevaluate_seeds)
         say(f"re-evaluation: the top {len(top)} candidates, {s.reevaluate_seeds} more seed(s) "
             f"each ({len(configs)} trials)")
-        describe = lambda trial: (trial.config["run"]["candidate"]["origin"],  # noqa: E731
-                                  (trial.last_result or {}).get("val_acc"), "")
-        results = experiment(p, "reevaluation", reevaluation_trainable,
-                             param_space={"run": tune.grid_search(configs)},
-                             concurrent=s.concurrent,
-                             callbacks=[Progress(len(configs), "re-evaluation", describe)],
-                             params={"setup": trial_setup(p, scores, baseline,
-                                                          fitness_after_search(p.cfg)),
-                                     "baseline_state": {k: v.cpu() for k, v in
-                                                        p.model.state_dict().items()}})
+        results = train_candidates(p, scores, baseline, "reevaluation", configs,
+                                   label="re-evaluation", fitness=fitness_after_search(p.cfg))
         repeats: dict[str, list[float]] = {}
         for result in results:
             ok = result.error is None and (result.metrics or {}).get("status") == "ok"

@@ -16,7 +16,7 @@ import json
 from . import report
 from .candidate import Candidate, result_row
 from .preflight import Prepared, say
-from .reevaluate import top_candidates
+from .reevaluate import top_candidates, train_candidates
 
 FILE = "trained_top.json"
 
@@ -29,12 +29,6 @@ def fitness_after_search(cfg) -> str:
 def stage_train_top(p: Prepared, scores, baseline: dict, rows: list[dict]) -> list[dict]:
     """The rows the winner is picked from: ``rows`` in one stage; with ``search.train_top``,
     the best first-stage candidates trained (their new rows, each with its checkpoint)."""
-    from ray import tune
-
-    from trainables.candidate import reevaluation_trainable
-
-    from .pipeline import experiment, trial_setup
-    from .tuning import Progress
     s = p.cfg.search
     if not s.train_top:
         return rows
@@ -46,14 +40,8 @@ def stage_train_top(p: Prepared, scores, baseline: dict, rows: list[dict]) -> li
                 "trial_id": r["trial_id"], "explored": r["val_acc"]} for r in top]
     say(f"second stage: training the best {len(configs)} of {len(rows)} candidates "
         f"{s.epochs} epoch(s) each (first stage: adaptive-BN accuracy)")
-    describe = lambda trial: (trial.config["run"]["candidate"]["origin"],  # noqa: E731
-                              (trial.last_result or {}).get("val_acc"), "")
-    results = experiment(p, "trained", reevaluation_trainable,
-                         param_space={"run": tune.grid_search(configs)}, concurrent=s.concurrent,
-                         callbacks=[Progress(len(configs), "trained", describe)],
-                         params={"setup": trial_setup(p, scores, baseline, fitness="train"),
-                                 "baseline_state": {k: v.cpu() for k, v in
-                                                    p.model.state_dict().items()}})
+    results = train_candidates(p, scores, baseline, "trained", configs, label="trained",
+                               fitness="train")
     trained = []
     for result in results:
         run = result.config["run"]

@@ -205,14 +205,11 @@ def check_searcher(name: str, warm: bool) -> None:
 def retrain_winner(p, scores, baseline: dict, winner: dict) -> dict:
     """A known winner whose weights the source run did not keep, trained once more exactly as
     in its search (same seed: the same weights on the same hardware) for the final stage."""
-    from ray import tune
-
-    from trainables.candidate import reevaluation_trainable
-
     from .candidate import Candidate
-    from .pipeline import experiment, trial_setup
     from .preflight import say
+    from .reevaluate import train_candidates
     from .summary import SearchFailed
+    from .twostage import fitness_after_search
     if winner.get("checkpoint"):
         return winner
     if winner.get("known_weights"):
@@ -220,12 +217,10 @@ def retrain_winner(p, scores, baseline: dict, winner: dict) -> dict:
     say(f"winner: {winner['trial_id']} comes from {winner['from_run']}, which kept only its own "
         f"winner's weights; training it once more as in its search")
     c = Candidate(0, winner["widths"], winner["origin"], winner["searcher"], {"repeat": 0})
-    results = experiment(p, "winner_weights", reevaluation_trainable,
-                         param_space={"run": tune.grid_search([{"candidate": c.to_config(),
-                                                                "trial_id": winner["trial_id"]}])},
-                         concurrent=1, params={"setup": trial_setup(p, scores, baseline),
-                                               "baseline_state": {k: v.cpu() for k, v in
-                                                                  p.model.state_dict().items()}})
+    results = train_candidates(p, scores, baseline, "winner_weights",
+                               [{"candidate": c.to_config(), "trial_id": winner["trial_id"]}],
+                               label="winner weights", concurrent=1,
+                               fitness=fitness_after_search(p.cfg))
     result = results[0]
     if result.error is not None or result.checkpoint is None:
         raise SearchFailed(f"the known winner {winner['trial_id']} could not be trained again: "
