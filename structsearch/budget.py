@@ -67,7 +67,7 @@ class ParamsCost(CostView):
 
 
 class LatencyCost(CostView):
-    """Predicted forward latency in ms from a measured per-group table
+    """Predicted forward latency in ms from a measured per-layer model
     (:class:`structsearch.latency.LatencyTable`)."""
 
     kind = "latency"

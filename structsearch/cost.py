@@ -66,6 +66,10 @@ class CostModel:
             return int(round(self._const + float(w @ (self._lin + self._quad @ w))))
         return np.rint(self._const + w @ self._lin + np.einsum("ij,ij->i", w @ self._quad, w))
 
+    def terms(self) -> list[tuple[float, Affine, Affine, str]]:
+        """Every term as ``(coef, a, b, label)``: its cost is ``coef * a(w) * b(w)``."""
+        return list(self._terms)
+
     def per_term(self, widths) -> dict[str, float]:
         """Cost of each labelled term (e.g. per layer) at one width vector."""
         if not self._frozen:

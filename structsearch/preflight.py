@@ -122,8 +122,11 @@ def latency_view(space: WidthSpace, model, cfg: Config, run_dir: Path) -> Latenc
     # The device the candidates train on: a GPU only when trials ask for one.
     device = "cuda" if cfg.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     file = run_dir / "latency.json"
-    table = LatencyTable.load(file) if file.is_file() else None
-    fresh = table is None or len(table.widths) != len(space) or table.device != device
+    try:
+        table = LatencyTable.load(file) if file.is_file() else None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{file}: {e}") from None
+    fresh = table is None or table.groups != len(space) or table.device != device
     if fresh:
         say(f"latency: measuring {len(space)} groups on {device} (batch {cfg.budget.latency_batch_size})")
         table = LatencyTable.measure(model, space, device=device,

@@ -194,6 +194,12 @@ class WidthSpace:
     def layer_macs(self, widths) -> dict[str, float]:
         return self._macs.per_term(widths)
 
+    def layer_channels(self) -> dict[str, tuple]:
+        """Per conv/linear layer that ran: ``(out, in)`` channel counts as affine functions of
+        the width vector (:class:`structsearch.cost.Affine`; a depthwise conv's ``in`` is 1, a
+        grouped conv's its fixed width per conv group)."""
+        return {label: (a, b) for _, a, b, label in self._macs.terms()}
+
     def layer_params(self, widths) -> dict[str, float]:
         return self._params.per_term(widths)
 

@@ -1,5 +1,5 @@
-"""Malformed configs and files through the real CLI, each in its own subprocess: exit code 2, one
-line on stderr naming the problem, no traceback, and Ray never imported (so never started)."""
+"""Malformed configs and files through the real CLI, in a subprocess: exit code 2, one line on
+stderr naming the problem, no traceback, and Ray never imported (so never started)."""
 import copy
 import subprocess
 import sys
@@ -99,14 +99,67 @@ CASES = [
 ]
 
 
+# The config cases run in one subprocess (one interpreter start and torch import instead of
+# one per case), each through ``main`` with its own captured stderr; whether Ray was imported is
+# recorded after every case, so the first case that imports it is the one that fails.
+DRIVER = """
+import contextlib, io, json, sys, traceback
+from structsearch.cli import main
+cases = json.load(open(sys.argv[1]))
+results = {}
+for case, args in cases.items():
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            rc = main(args)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            rc = 99
+    results[case] = {"returncode": rc, "stderr": err.getvalue(),
+                     "stdout": "RAY_IMPORTED" if "ray" in sys.modules else "RAY_ABSENT"}
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+class Result:
+    def __init__(self, returncode, stderr, stdout):
+        self.returncode, self.stderr, self.stdout = returncode, stderr, stdout
+
+
+@pytest.fixture(scope="module")
+def config_cases(tmp_path_factory):
+    import json
+    root = tmp_path_factory.mktemp("bad-configs")
+    args = {}
+    for case, cfg, extra, _ in CASES:
+        path = root / f"{case}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        args[case] = ["search", str(path), "--out", str(root / f"{case}-run"), *map(str, extra)]
+    (root / "cases.json").write_text(json.dumps(args))
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"),
+                           str(root / "results.json")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((root / "results.json").read_text())
+    return root, {case: Result(**r) for case, r in results.items()}
+
+
 @pytest.mark.parametrize("case, cfg, extra, words", CASES, ids=[c[0] for c in CASES])
-def test_bad_config(tmp_path, case, cfg, extra, words):
+def test_bad_config(config_cases, case, cfg, extra, words):
+    root, results = config_cases
+    assert_clean_failure(results[case], words)
+    assert not (root / f"{case}-run").exists(), "bad input must not create the run directory"
+
+
+def test_one_config_case_in_its_own_process(tmp_path):
+    """The batched cases above share one interpreter; one case runs alone as well."""
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "run"
-    res = cli("search", path, "--out", out, *extra)
-    assert_clean_failure(res, words)
-    assert not out.exists(), "bad input must not create the run directory"
+    path.write_text(yaml.safe_dump(patched(budget={"macs_ratio": 1.5})))
+    res = cli("search", path, "--out", tmp_path / "run")
+    assert_clean_failure(res, ["budget.macs_ratio"])
+    assert not (tmp_path / "run").exists()
 
 
 def assert_clean_failure(res, words):
