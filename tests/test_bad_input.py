@@ -108,8 +108,8 @@ from structsearch.cli import main
 cases = json.load(open(sys.argv[1]))
 results = {}
 for case, args in cases.items():
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             rc = main(args)
         except SystemExit as e:
@@ -117,8 +117,8 @@ for case, args in cases.items():
         except BaseException:
             traceback.print_exc()
             rc = 99
-    results[case] = {"returncode": rc, "stderr": err.getvalue(),
-                     "stdout": "RAY_IMPORTED" if "ray" in sys.modules else "RAY_ABSENT"}
+    results[case] = {"returncode": rc, "stderr": err.getvalue(), "stdout": out.getvalue() +
+                     ("RAY_IMPORTED" if "ray" in sys.modules else "RAY_ABSENT")}
 json.dump(results, open(sys.argv[2], "w"))
 """
 
@@ -173,26 +173,47 @@ def assert_clean_failure(res, words):
     assert "RAY_ABSENT" in res.stdout
 
 
-def test_missing_config_file(tmp_path):
-    assert_clean_failure(cli("search", tmp_path / "nope.yaml"), ["not found", "nope.yaml"])
+# Bad files: each scenario writes its files into its own folder and returns the CLI arguments,
+# the words the one line must hold and an optional check of what is left on disk afterwards.
+# They run in one subprocess too (see DRIVER).
+FILE_CASES = {}
 
 
-def test_malformed_yaml(tmp_path):
-    path = tmp_path / "c.yaml"
+def scenario(fn):
+    FILE_CASES[fn.__name__] = fn
+    return fn
+
+
+def config_file(d, cfg=None):
+    path = d / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg or BASE))
+    return path
+
+
+@scenario
+def missing_config_file(d):
+    return ["search", d / "nope.yaml"], ["not found", "nope.yaml"], None
+
+
+@scenario
+def malformed_yaml(d):
+    path = d / "c.yaml"
     path.write_text("seed: 0\nbudget: {macs_ratio: 0.5\n")
-    assert_clean_failure(cli("search", path), ["malformed YAML", "line"])
+    return ["search", path], ["malformed YAML", "line"], None
 
 
-def test_yaml_top_level_list(tmp_path):
-    path = tmp_path / "c.yaml"
+@scenario
+def yaml_top_level_list(d):
+    path = d / "c.yaml"
     path.write_text("- 1\n- 2\n")
-    assert_clean_failure(cli("search", path), ["top level"])
+    return ["search", path], ["top level"], None
 
 
-def test_yaml_python_tag_refused(tmp_path):
-    path = tmp_path / "c.yaml"
+@scenario
+def yaml_python_tag_refused(d):
+    path = d / "c.yaml"
     path.write_text("seed: !!python/object/apply:os.system ['echo pwned']\n")
-    assert_clean_failure(cli("search", path), ["YAML"])
+    return ["search", path], ["YAML"], None
 
 
 class Payload:
@@ -200,9 +221,8 @@ class Payload:
         return (print, ("code ran",))
 
 
-@pytest.mark.parametrize("kind", ["pickled-code", "truncated", "wrong-shapes", "missing"])
-def test_bad_checkpoints(tmp_path, kind):
-    ckpt = tmp_path / "base.pt"
+def checkpoint_case(d, kind):
+    ckpt = d / "base.pt"
     if kind == "pickled-code":
         torch.save({"w": Payload()}, ckpt)
         words = ["pickled code"]
@@ -217,87 +237,124 @@ def test_bad_checkpoints(tmp_path, kind):
         words = ["does not match", "shape"]
     else:
         words = ["model.checkpoint", "not found"]
-    cfg = patched(model={"name": "small_cnn", "checkpoint": str(ckpt)})
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = cli("search", path, "--out", tmp_path / "run")
-    assert_clean_failure(res, words)
-    assert "code ran" not in res.stdout
+    path = config_file(d, patched(model={"name": "small_cnn", "checkpoint": str(ckpt)}))
+
+    def check(d, res):
+        assert "code ran" not in res.stdout
+    return ["search", path, "--out", d / "run"], words, check
 
 
-def test_non_empty_run_dir_refused(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    out = tmp_path / "run"
+for _kind in ["pickled-code", "truncated", "wrong-shapes", "missing"]:
+    FILE_CASES[f"checkpoint-{_kind}"] = lambda d, kind=_kind: checkpoint_case(d, kind)
+
+
+@scenario
+def non_empty_run_dir_refused(d):
+    out = d / "run"
     out.mkdir()
     (out / "candidates.csv").write_text("precious finished work\n")
-    assert_clean_failure(cli("search", path, "--out", out), ["not empty", "--resume"])
-    assert (out / "candidates.csv").read_text() == "precious finished work\n"
+
+    def check(d, res):
+        assert (d / "run" / "candidates.csv").read_text() == "precious finished work\n"
+    return ["search", config_file(d), "--out", out], ["not empty", "--resume"], check
 
 
-def test_resume_missing_dir(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    assert_clean_failure(cli("search", path, "--out", tmp_path / "nothing", "--resume"), ["does not exist"])
+@scenario
+def resume_missing_dir(d):
+    return ["search", config_file(d), "--out", d / "nothing", "--resume"], ["does not exist"], None
 
 
-def test_resume_with_corrupt_journal(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    journal = tmp_path / "run" / "tune" / "search_journal.json"
+@scenario
+def resume_with_corrupt_journal(d):
+    journal = d / "run" / "tune" / "search_journal.json"
     journal.parent.mkdir(parents=True)
     journal.write_bytes(b"{torn")
-    res = cli("search", path, "--out", tmp_path / "run", "--resume")
-    assert_clean_failure(res, ["search_journal.json", "unreadable", "delete it"])
-    assert journal.read_bytes() == b"{torn", "the file is left for the user to inspect"
+
+    def check(d, res):
+        assert journal.read_bytes() == b"{torn", "the file is left for the user to inspect"
+    return (["search", config_file(d), "--out", d / "run", "--resume"],
+            ["search_journal.json", "unreadable", "delete it"], check)
 
 
-def test_resume_refuses_a_planted_pickle_journal(tmp_path):
+@scenario
+def resume_refuses_a_planted_pickle_journal(d):
     """A journal that would run code if unpickled: --resume refuses it in one line, before
     Ray starts, and the code never runs."""
     from planted import planted_journal
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    planted = tmp_path / "run" / "tune" / "search_journal.pkl"
+    planted = d / "run" / "tune" / "search_journal.pkl"
     planted.parent.mkdir(parents=True)
-    marker = tmp_path / "code-ran"
-    planted.write_bytes(planted_journal(marker))
-    res = cli("search", path, "--out", tmp_path / "run", "--resume")
-    assert_clean_failure(res, ["search_journal.pkl", "pickled", "never unpickles", "delete it"])
-    assert not marker.exists(), "resume must not unpickle the planted journal"
+    planted.write_bytes(planted_journal(d / "code-ran"))
+
+    def check(d, res):
+        assert not (d / "code-ran").exists(), "resume must not unpickle the planted journal"
+    return (["search", config_file(d), "--out", d / "run", "--resume"],
+            ["search_journal.pkl", "pickled", "never unpickles", "delete it"], check)
 
 
-def test_resume_of_trials_without_journal_refused(tmp_path):
+@scenario
+def resume_of_trials_without_journal_refused(d):
     """Trials but no journal (a run of an older structsearch): refused, nothing deleted."""
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    trial = tmp_path / "run" / "tune" / "search" / "candidate_0a1b2c3d"
+    trial = d / "run" / "tune" / "search" / "candidate_0a1b2c3d"
     trial.mkdir(parents=True)
     (trial / "result.json").write_text("{}\n")
-    res = cli("search", path, "--out", tmp_path / "run", "--resume")
-    assert_clean_failure(res, ["no search journal", "new run directory"])
-    assert (trial / "result.json").is_file()
+
+    def check(d, res):
+        assert (trial / "result.json").is_file()
+    return (["search", config_file(d), "--out", d / "run", "--resume"],
+            ["no search journal", "new run directory"], check)
 
 
-def test_ray_client_address_refused(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(BASE))
-    res = cli("search", path, "--out", tmp_path / "run", "--address", "ray://head:10001")
-    assert_clean_failure(res, ["ray://", "not supported", "--address auto"])
+@scenario
+def ray_client_address_refused(d):
+    return (["search", config_file(d), "--out", d / "run", "--address", "ray://head:10001"],
+            ["ray://", "not supported", "--address auto"], None)
 
 
-def test_report_without_summary(tmp_path):
-    assert_clean_failure(cli("report", tmp_path), ["summary.json"])
+@scenario
+def report_without_summary(d):
+    return ["report", d], ["summary.json"], None
 
 
-def test_export_without_winner(tmp_path):
-    assert_clean_failure(cli("export", tmp_path), ["arch.json"])
+@scenario
+def export_without_winner(d):
+    return ["export", d], ["arch.json"], None
 
 
-def test_inspect_unknown_model():
-    assert_clean_failure(cli("inspect", "resnet9000"), ["resnet9000"])
+@scenario
+def inspect_unknown_model(d):
+    return ["inspect", "resnet9000"], ["resnet9000"], None
 
 
-def test_debug_flag_shows_traceback(tmp_path):
-    res = cli("--debug", "search", tmp_path / "nope.yaml")
+@pytest.fixture(scope="module")
+def file_cases(tmp_path_factory):
+    import json
+    root = tmp_path_factory.mktemp("bad-files")
+    args, expected = {}, {}
+    for name, build in FILE_CASES.items():
+        d = root / name
+        d.mkdir()
+        argv, words, check = build(d)
+        args[name] = [str(a) for a in argv]
+        expected[name] = (d, words, check)
+    args["debug-traceback"] = ["--debug", "search", str(root / "nope.yaml")]
+    (root / "cases.json").write_text(json.dumps(args))
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"),
+                           str(root / "results.json")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {k: Result(**r) for k, r in json.loads((root / "results.json").read_text()).items()}
+    return results, expected
+
+
+@pytest.mark.parametrize("name", list(FILE_CASES))
+def test_bad_file(file_cases, name):
+    results, expected = file_cases
+    d, words, check = expected[name]
+    assert_clean_failure(results[name], words)
+    if check:
+        check(d, results[name])
+
+
+def test_debug_flag_shows_traceback(file_cases):
+    res = file_cases[0]["debug-traceback"]
     assert res.returncode == 2 and "Traceback" in res.stderr
