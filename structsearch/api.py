@@ -130,7 +130,7 @@ def _budget(budget) -> dict:
 
 def search(model, *, train, test=None, val=None, budget=0.5, config=None, out=None,
            num_classes: int | None = None, resume: bool = False, address: str | None = None,
-           **sections) -> SearchResult:
+           warm_from=(), **sections) -> SearchResult:
     """Search the channel widths of ``model`` on your data under ``budget``.
 
     ``model``: a trained ``nn.Module`` (its weights are the baseline: not retrained), a
@@ -140,6 +140,9 @@ def search(model, *, train, test=None, val=None, budget=0.5, config=None, out=No
     ``train`` a dataset name / entry point. ``budget``: a MACs ratio or a ``budget`` mapping.
     ``config``: a YAML path, a mapping or a :class:`Config` to start from; ``sections`` update
     it by section, e.g. ``search={"candidates": 40}, final={"finetune_epochs": 5}``.
+    ``warm_from``: finished run directories (one path or several) whose evaluated candidates
+    answer this search without training them again (the CLI's ``--from``; their settings must
+    match this run's except the budget and the search's own knobs).
     """
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -154,7 +157,9 @@ def search(model, *, train, test=None, val=None, budget=0.5, config=None, out=No
         merged["model"].pop("checkpoint", None)  # a factory's model is trained here
     cfg = config_mod.from_dict(merged)
     from .pipeline import run_search
-    run_dir = run_search(cfg, out=out, resume=resume, address=address)
+    sources = [warm_from] if isinstance(warm_from, (str, Path)) else list(warm_from)
+    run_dir = run_search(cfg, out=out, resume=resume, address=address,
+                         warm_from=[str(s) for s in sources])
     return load_result(run_dir)
 
 

@@ -367,7 +367,8 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     report.write_candidates(rows, p.run_dir / "candidates.csv")
     winner = pick_winner(pool, p.budget.limit)
     if winner is not None:
-        winner, table = stage_reevaluate(p, scores, baseline, pool)
+        spare = 0 if cfg.search.train_top or known else cfg.search.candidates - len(rows)
+        winner, table = stage_reevaluate(p, scores, baseline, pool, spare=spare)
         if table:
             summary["reevaluation"] = table
     if winner is None:

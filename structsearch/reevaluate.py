@@ -11,6 +11,8 @@ run.
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 from . import report
 from .candidate import Candidate
@@ -24,10 +26,25 @@ def top_candidates(rows: list[dict], limit: float, k: int) -> list[dict]:
     return sorted(ok, key=lambda r: (-r["val_acc"], r["macs"]))[:k]
 
 
-def repeat_configs(top: list[dict], seeds: int) -> list[dict]:
+def known_repeats(row: dict) -> list[float]:
+    """A warm start's known candidate: the repeats its source run's re-evaluation already
+    trained (repeat k of a candidate is the same training in any compatible run)."""
+    if not row.get("from_run"):
+        return []
+    try:
+        data = json.loads((Path(row["from_run"]) / "reevaluation.json").read_text())
+        values = data["repeats"].get(row["trial_id"], [])
+    except (OSError, ValueError, KeyError, AttributeError):
+        return []
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def repeat_configs(top: list[dict], seeds: int, have: dict | None = None) -> list[dict]:
+    """Trial configs of repeats 1..``seeds`` of each row, less the ``have[trial_id]`` first
+    ones (known already)."""
     configs = []
     for row in top:
-        for repeat in range(1, seeds + 1):
+        for repeat in range((have or {}).get(row["trial_id"], 0) + 1, seeds + 1):
             c = Candidate(row["token"], row["widths"], row["origin"], row["searcher"],
                           {"repeat": repeat})
             configs.append({"candidate": c.to_config(), "trial_id": row["trial_id"]})
@@ -72,9 +89,16 @@ def train_candidates(p: Prepared, scores, baseline: dict, name: str, runs: list[
                                                  p.model.state_dict().items()}})
 
 
-def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
+def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict], spare: int = 0):
     """``(winner row, re-evaluation table)``; the table is kept in RUN_DIR/reevaluation.json
-    (reused on --resume). None as the table when re-evaluation is off or pointless."""
+    (reused on --resume). None as the table when re-evaluation is off or pointless.
+
+    ``spare``: candidates the searcher did not train (it ran out of new width vectors within
+    the budget, see ``SearchCore.shortfall``; the pipeline passes none for a warm start, which
+    trains only what is new). That compute goes here, as more seeds for the top candidates:
+    with every vector of a small space already tried, picking the best of them on less noise
+    is what is left to gain. A warm start's known candidates bring the repeats their source
+    runs trained (:func:`known_repeats`); only the missing ones are trained."""
     from .twostage import fitness_after_search
     s = p.cfg.search
     top = top_candidates(rows, p.budget.limit, max(s.reevaluate, 1))
@@ -84,15 +108,24 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict]):
     if file.is_file():
         repeats = json.loads(file.read_text())["repeats"]
     else:
-        configs = repeat_configs(top, s.reevaluate_seeds)
-        say(f"re-evaluation: the top {len(top)} candidates, {s.reevaluate_seeds} more seed(s) "
-            f"each ({len(configs)} trials)")
+        seeds = s.reevaluate_seeds + max(spare, 0) // len(top)
+        reused = {r["trial_id"]: known_repeats(r)[:seeds] for r in top}
+        configs = repeat_configs(top, seeds, {k: len(v) for k, v in reused.items()})
+        why = f", {seeds - s.reevaluate_seeds} of them from {spare} candidates the searcher " \
+              f"left" if seeds > s.reevaluate_seeds else ""
+        known = sum(map(len, reused.values()))
+        say(f"re-evaluation: the top {len(top)} candidates, {seeds} more seed(s) each "
+            f"({len(configs)} trials{why}" + (f"; {known} known from finished runs)" if known
+                                              else ")"))
         results = train_candidates(p, scores, baseline, "reevaluation", configs,
-                                   label="re-evaluation", fitness=fitness_after_search(p.cfg))
-        repeats: dict[str, list[float]] = {}
+                                   label="re-evaluation", fitness=fitness_after_search(p.cfg)) \
+            if configs else []
+        trained: dict[str, list] = {}
         for result in results:
             ok = result.error is None and (result.metrics or {}).get("status") == "ok"
-            key = result.config["run"]["trial_id"]
-            repeats.setdefault(key, []).append(result.metrics["val_acc"] if ok else 0.0)
+            run = result.config["run"]
+            trained.setdefault(run["trial_id"], []).append(
+                (run["candidate"]["options"]["repeat"], result.metrics["val_acc"] if ok else 0.0))
+        repeats = {k: reused[k] + [v for _, v in sorted(trained.get(k, []))] for k in reused}
         report.write_json({"repeats": repeats}, file)
     return choose(top, repeats)

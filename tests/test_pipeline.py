@@ -153,3 +153,18 @@ def test_without_reevaluation_the_single_best_run_wins():
                                ("d", 0.7, 0.5, 5))]
     assert [r["trial_id"] for r in top_candidates(rows, 1.0, 1)] == ["d"]  # tie: fewer MACs
     assert [r["trial_id"] for r in top_candidates(rows, 1.0, 3)] == ["d", "b", "a"]
+
+
+def test_candidates_a_searcher_leaves_go_to_reevaluation(tmp_path, ray_local):
+    """The seeded searcher proposes its 2 seeds of the 6 candidates asked for: the 4 it leaves
+    become 2 more re-evaluation seeds for each of the top 2 (3 repeats each)."""
+    from structsearch.pipeline import run_search
+    cfg = digits_run(baseline={"epochs": 1},
+                     search={"searcher": "seeded", "seeds": ["uniform", "global"], "candidates": 6,
+                             "reevaluate": 2, "reevaluate_seeds": 1})
+    run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["search"]["evaluated"] == 2
+    table = summary["reevaluation"]
+    assert len(table) == 2 and [len(e["val_acc_repeats"]) for e in table] == [3, 3]
+    assert len({tuple(e["val_acc_repeats"]) for e in table}) == 2  # real, separate trainings

@@ -97,7 +97,7 @@ def chain(tmp_path_factory, ray_local):
     """A: uniform at 50% MACs; B: --from A, abc at 60%; C: --from B, uniform at 50% again."""
     from structsearch.pipeline import run_search
     root = tmp_path_factory.mktemp("warm")
-    a_cfg = digits_run(search={"searcher": "uniform", "candidates": 3})
+    a_cfg = digits_run(search={"searcher": "uniform", "candidates": 3, "reevaluate": 2})
     a = run_search(C.from_dict(a_cfg), out=str(root / "a"))
     b_cfg = digits_run(budget={"macs_ratio": 0.6},
                        search={"searcher": "abc", "candidates": 4,
@@ -124,6 +124,11 @@ def test_warm_start_trains_no_known_width_vector(chain):
     winner_a = json.loads((a / "summary.json").read_text())["winner"]
     assert summary["winner"]["widths"] == winner_a["widths"]  # the best within 50% is A's
     assert not (c / "tune" / "winner_weights").exists()  # its weights come from A's winner/
+    # C re-evaluates its top 2, which are A's top 2: A's re-evaluation repeats answer it.
+    repeats_a = json.loads((a / "reevaluation.json").read_text())["repeats"]
+    table_c = summary["reevaluation"]
+    assert {e["trial_id"]: e["val_acc_repeats"] for e in table_c} == repeats_a
+    assert not (c / "tune" / "reevaluation").exists(), "no re-evaluation trial ran in C"
 
 
 def test_report_shows_the_best_candidate_per_budget_level(chain):
@@ -155,3 +160,17 @@ def test_incomparable_or_unfinished_source_is_one_line_before_ray(chain, tmp_pat
     assert main(["search", str(cfg), "--out", str(tmp_path / "z"), "--from", str(a)]) == 2
     assert "dropnet cannot start from known results" in capsys.readouterr().err
     assert not (tmp_path / "x" / "candidates.csv").exists()
+
+
+def test_python_api_warm_starts_from_a_finished_run(chain, tmp_path):
+    """``structsearch.search(..., warm_from=RUN)`` is the CLI's ``--from``: A's sweep again at
+    A's budget trains nothing."""
+    import structsearch
+    a, _, _ = chain
+    cfg = digits_run(search={"searcher": "uniform", "candidates": 3})
+    result = structsearch.search(cfg["model"]["name"], train=cfg["data"]["name"], budget=0.5,
+                                 config=cfg, out=str(tmp_path / "api"), warm_from=a)
+    assert trials_of(result.run_dir) == []
+    assert result.summary["search"]["known"] == len(read_candidates(a / "candidates.csv"))
+    assert result.summary["winner"]["widths"] == \
+        json.loads((a / "summary.json").read_text())["winner"]["widths"]
