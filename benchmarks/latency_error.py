@@ -4,7 +4,9 @@ vectors (uniform on the grid, so from tiny to nearly full networks; none of them
 predictor's calibration vectors) are pruned and timed, and the relative error
 |predicted - measured| / measured is summarised. Target (issue 17): within 10% for 90% of the
 vectors. One torch thread; latency = minimum of ``--repeats`` runs of the network alone (as
-the predictor's own timings), so one busy moment does not decide a vector's figure.
+the predictor's own timings), so one busy moment does not decide a vector's figure. A third
+row per model times every vector a second time: how far two measurements of one network
+disagree on this machine (no predictor can be checked more finely than that).
 """
 from __future__ import annotations
 
@@ -37,20 +39,23 @@ def one_model(name: str, shape, args) -> dict:
     vectors = space.sample(np.random.default_rng(1), args.vectors)  # the table's own used seed 0
     x = torch.randn(args.batch, *shape)
     full_run = torch_runner(model, x, "cpu")
-    absolute, drift_free = [], []
+    absolute, drift_free, again = [], [], []
     for w in vectors:
         # The pruned network's minimum over --repeats runs, right after the full network's:
         # "absolute" compares the prediction with the pruned network's time as measured;
         # "drift-free" first rescales it by how much slower or faster the full network runs
         # now than when the table was measured (a shared machine's load changes over minutes).
         full = interleaved({"net": full_run}, repeats=args.repeats, warmup=2)["net"]
-        small = interleaved({"net": torch_runner(prune(model, space, w).eval(), x, "cpu")},
-                            repeats=args.repeats, warmup=2)["net"]
+        pruned = torch_runner(prune(model, space, w).eval(), x, "cpu")
+        small = interleaved({"net": pruned}, repeats=args.repeats, warmup=2)["net"]
         predicted = table.predict(w)
         absolute.append(predicted / small - 1)
         drift_free.append(predicted / (small / full * table.full_ms) - 1)
+        # The noise floor: the same network timed again the same way, seconds later.
+        again.append(interleaved({"net": pruned}, repeats=args.repeats, warmup=2)["net"] / small - 1)
     out = {"model": name, "groups": len(space), "table_s": table_s}
-    for key, signed in (("abs", np.array(absolute)), ("free", np.array(drift_free))):
+    for key, signed in (("abs", np.array(absolute)), ("free", np.array(drift_free)),
+                        ("again", np.array(again))):
         errors = np.abs(signed)
         out[key] = {"within10": float((errors <= 0.10).mean()), "median": float(np.median(errors)),
                     "p90": float(np.percentile(errors, 90)), "max": float(errors.max()),
@@ -76,7 +81,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         r = one_model(name, MODELS[name], args)
-        for key, label in (("abs", "measured"), ("free", "measured, drift-free")):
+        for key, label in (("abs", "measured"), ("free", "measured, drift-free"),
+                           ("again", "noise floor: re-measured vs measured")):
             e = r[key]
             print(f"| {name} | {r['groups']} | {r['table_s']:.0f} | {label} | "
                   f"{100 * e['within10']:.0f}% {'(met)' if e['within10'] >= 0.9 else '(**missed**)'} | "
