@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from structsearch import models
-from structsearch.latency import LatencyTable
+from structsearch.latency import LatencyTable, min_ms
 from structsearch.space import WidthSpace
 from structsearch.surgery import prune
-from structsearch.timing import interleaved, torch_runner
+from structsearch.timing import torch_runner
 
 MODELS = {"small_cnn": (1, 28, 28), "cifar_resnet56": (3, 32, 32), "cifar_vgg16": (3, 32, 32),
           "cifar_mobilenet_v2": (3, 32, 32), "torchvision:resnet50": (3, 224, 224)}
@@ -45,14 +45,14 @@ def one_model(name: str, shape, args) -> dict:
         # "absolute" compares the prediction with the pruned network's time as measured;
         # "drift-free" first rescales it by how much slower or faster the full network runs
         # now than when the table was measured (a shared machine's load changes over minutes).
-        full = interleaved({"net": full_run}, repeats=args.repeats, warmup=2)["net"]
+        full = min_ms(full_run, args.repeats, max_seconds=10.0)
         pruned = torch_runner(prune(model, space, w).eval(), x, "cpu")
-        small = interleaved({"net": pruned}, repeats=args.repeats, warmup=2)["net"]
+        small = min_ms(pruned, args.repeats, max_seconds=10.0)
         predicted = table.predict(w)
         absolute.append(predicted / small - 1)
         drift_free.append(predicted / (small / full * table.full_ms) - 1)
         # The noise floor: the same network timed again the same way, seconds later.
-        again.append(interleaved({"net": pruned}, repeats=args.repeats, warmup=2)["net"] / small - 1)
+        again.append(min_ms(pruned, args.repeats, max_seconds=10.0) / small - 1)
     out = {"model": name, "groups": len(space), "table_s": table_s}
     for key, signed in (("abs", np.array(absolute)), ("free", np.array(drift_free)),
                         ("again", np.array(again))):

@@ -37,28 +37,28 @@ from .surgery import prune
 VERSION = 2
 
 
-def _timed(run, repeats: int) -> float:
-    """Minimum ms of ``run`` over up to ``repeats`` runs (the least disturbed one)."""
+def min_ms(run, repeats: int, max_seconds: float = 1.0) -> float:
+    """Minimum ms of ``run`` over up to ``repeats`` runs (the least disturbed one) after 2
+    warm-up runs, stopping after ``max_seconds`` (at least 5 runs)."""
     from .timing import interleaved
-    return interleaved({"x": run}, repeats=repeats, warmup=2, max_seconds=1.0)["x"]
+    return interleaved({"x": run}, repeats=repeats, warmup=2, max_seconds=max_seconds)["x"]
 
 
-def relative_latency(model: nn.Module, space: WidthSpace, vectors, x, device: str,
-                     repeats: int) -> tuple[float, np.ndarray]:
-    """The full network's latency (ms, median over the runs below) and each pruned vector's
-    latency relative to it. Each network runs alone, run after run (as deployed: interleaving
-    two networks run by run evicts their weights from the caches and makes small ones look
-    slower), in a block right after a block of the full network, so a machine that gets busier
-    or quieter over the minutes changes both alike."""
+def block_latency(model: nn.Module, space: WidthSpace, vectors, x, device: str,
+                  repeats: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per width vector: the full network's latency (ms) and the pruned one's, timed right
+    after it. Each network runs alone, run after run (as deployed: interleaving two networks
+    run by run evicts their weights from the caches and makes small ones look slower), in a
+    block right after a block of the full network, so a machine that gets busier or quieter
+    over the minutes changes both alike (their ratio cancels it)."""
     from .timing import torch_runner
     full_run = torch_runner(model, x, device)
-    fulls, ratios = [], []
+    fulls, smalls = [], []
     for w in vectors:
-        full = _timed(full_run, repeats)
-        small = _timed(torch_runner(prune(model, space, w).to(device).eval(), x, device), repeats)
-        fulls.append(full)
-        ratios.append(small / full)
-    return float(np.median(fulls)), np.asarray(ratios)
+        fulls.append(min_ms(full_run, repeats))
+        smalls.append(min_ms(torch_runner(prune(model, space, w).to(device).eval(), x, device),
+                             repeats))
+    return np.asarray(fulls), np.asarray(smalls)
 
 
 def _record_inputs(model: nn.Module, names, x) -> dict[str, tuple]:
@@ -144,6 +144,20 @@ def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return best
 
 
+def _parts(layers: list, w2: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Per row of ``w2``: the summed standalone layer time (ms) per layer kind and the output
+    activations."""
+    kinds: dict[str, np.ndarray] = {}
+    act = np.zeros(len(w2))
+    for layer in layers:
+        co = layer["out"][0] + w2 @ np.asarray(layer["out"][1])
+        ci = layer["in"][0] + w2 @ np.asarray(layer["in"][1])
+        ms = layer["calls"] * _interp2(layer["ci"], layer["co"], np.asarray(layer["ms"]), ci, co)
+        kinds[layer["kind"]] = kinds.get(layer["kind"], 0.0) + ms
+        act += layer["calls"] * layer["positions"] * co
+    return kinds, act
+
+
 @dataclass(frozen=True)
 class LatencyTable:
     """Per-layer timings (ms) over a grid of widths and the fitted whole-network combination."""
@@ -164,7 +178,6 @@ class LatencyTable:
         and ``calibration`` random width vectors (each pruned and timed the same way)."""
         import torch
 
-        from .timing import torch_runner
         model = copy.deepcopy(model).to(device).eval()
         x = torch.randn(batch_size, *space.input_shape, device=device)
         channels = space.layer_channels()
@@ -188,10 +201,10 @@ class LatencyTable:
                            "in": [float(inp.const), [float(v) for v in inp.coef]],
                            "ci": ci, "co": co, "ms": cache[key]})
         vectors = [space.upper, space.lower, *space.sample(np.random.default_rng(0), calibration)]
-        full_ms, ratios = relative_latency(model, space, vectors, x, device, repeats)
-        y = full_ms * ratios
-        plain = cls(full_ms, len(space), layers, {}, 1.0, device, batch_size)
-        kinds, act = plain._parts(np.asarray(vectors, dtype=np.float64))
+        fulls, smalls = block_latency(model, space, vectors, x, device, repeats)
+        full_ms = float(np.median(fulls))
+        y = full_ms * smalls / fulls
+        kinds, act = _parts(layers, np.asarray(vectors, dtype=np.float64))
         # A kind with its own scale needs a real share of the time (10% of the full network's
         # summed layer time); the others share the largest kind's scale (a scale fitted to a
         # few microseconds would only fit noise).
@@ -214,42 +227,24 @@ class LatencyTable:
         import torch
 
         from .timing import torch_runner
-        from .tracing import is_depthwise
-        if is_depthwise(module):
-            ci = ci[:1]  # its input width is its output width
+        # A depthwise or grouped conv has one input level (its width per conv group, see
+        # WidthSpace.layer_channels); _standalone sizes its input from the output width.
         grid = np.zeros((len(ci), len(co)))
         for i, j in itertools.product(range(len(ci)), range(len(co))):
             layer, width = _standalone(module, ci[i], co[j])
             layer = layer.to(device).eval()
             x = torch.randn(*shape[:1], width, *shape[2:], device=device) \
                 if isinstance(layer, nn.Conv2d) else torch.randn(*shape[:-1], width, device=device)
-            grid[i, j] = _timed(torch_runner(layer, x, device), repeats)
+            grid[i, j] = min_ms(torch_runner(layer, x, device), repeats)
         grid = np.minimum.accumulate(grid[::-1], axis=0)[::-1]
         grid = np.minimum.accumulate(grid[:, ::-1], axis=1)[:, ::-1]
         return grid.tolist()
-
-    def _parts(self, w2: np.ndarray) -> tuple[dict, np.ndarray]:
-        """Per row of ``w2``: the summed standalone layer time (ms) per layer kind and the
-        output activations."""
-        kinds: dict[str, np.ndarray] = {}
-        act = np.zeros(len(w2))
-        for layer in self.layers:
-            co = layer["out"][0] + w2 @ np.asarray(layer["out"][1])
-            ci = layer["in"][0] + w2 @ np.asarray(layer["in"][1])
-            ms = np.asarray(layer["ms"])
-            ci_levels = layer["ci"][:len(ms)]
-            if len(ci_levels) == 1:
-                ci = np.full(len(w2), ci_levels[0])
-            ms = layer["calls"] * _interp2(ci_levels, layer["co"], ms, ci, co)
-            kinds[layer["kind"]] = kinds.get(layer["kind"], 0.0) + ms
-            act += layer["calls"] * layer["positions"] * co
-        return kinds, act
 
     def predict(self, widths) -> np.ndarray | float:
         """Predicted latency (ms) of one width vector (float) or of each row of a 2-D array."""
         w = np.asarray(widths, dtype=np.float64)
         single = w.ndim == 1
-        kinds, act = self._parts(np.atleast_2d(w))
+        kinds, act = _parts(self.layers, np.atleast_2d(w))
         total = self.coef["r"] * act / max(self.act_full, 1e-12) + self.coef["c"]
         for kind, ms in kinds.items():
             total = total + self.coef[f"s:{kind}"] * ms

@@ -26,17 +26,24 @@ def top_candidates(rows: list[dict], limit: float, k: int) -> list[dict]:
     return sorted(ok, key=lambda r: (-r["val_acc"], r["macs"]))[:k]
 
 
-def known_repeats(row: dict) -> list[float]:
-    """A warm start's known candidate: the repeats its source run's re-evaluation already
-    trained (repeat k of a candidate is the same training in any compatible run)."""
-    if not row.get("from_run"):
-        return []
-    try:
-        data = json.loads((Path(row["from_run"]) / "reevaluation.json").read_text())
-        values = data["repeats"].get(row["trial_id"], [])
-    except (OSError, ValueError, KeyError, AttributeError):
-        return []
-    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+def known_repeats(rows: list[dict]) -> dict[str, list[float]]:
+    """Per row (trial id): the repeats its source run's re-evaluation already trained, for a
+    warm start's known candidates (repeat k of a candidate is the same training in any
+    compatible run); each source's reevaluation.json is read once."""
+    files: dict[str, dict] = {"": {}}  # "": not a known candidate
+    out = {}
+    for row in rows:
+        source = row.get("from_run") or ""
+        if source not in files:
+            try:
+                data = json.loads((Path(source) / "reevaluation.json").read_text())["repeats"]
+            except (OSError, ValueError, KeyError, TypeError):
+                data = {}
+            files[source] = data if isinstance(data, dict) else {}
+        values = files[source].get(row["trial_id"], [])
+        out[row["trial_id"]] = [float(v) for v in values if isinstance(v, (int, float))
+                                and math.isfinite(v)] if isinstance(values, list) else []
+    return out
 
 
 def repeat_configs(top: list[dict], seeds: int, have: dict | None = None) -> list[dict]:
@@ -109,14 +116,14 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict], spar
         repeats = json.loads(file.read_text())["repeats"]
     else:
         seeds = s.reevaluate_seeds + max(spare, 0) // len(top)
-        reused = {r["trial_id"]: known_repeats(r)[:seeds] for r in top}
+        reused = {k: v[:seeds] for k, v in known_repeats(top).items()}
         configs = repeat_configs(top, seeds, {k: len(v) for k, v in reused.items()})
-        why = f", {seeds - s.reevaluate_seeds} of them from {spare} candidates the searcher " \
-              f"left" if seeds > s.reevaluate_seeds else ""
-        known = sum(map(len, reused.values()))
+        notes = [f"{seeds - s.reevaluate_seeds} of them from {spare} candidates the searcher "
+                 f"left"] if seeds > s.reevaluate_seeds else []
+        if any(reused.values()):
+            notes.append(f"{sum(map(len, reused.values()))} known from finished runs")
         say(f"re-evaluation: the top {len(top)} candidates, {seeds} more seed(s) each "
-            f"({len(configs)} trials{why}" + (f"; {known} known from finished runs)" if known
-                                              else ")"))
+            f"({'; '.join([f'{len(configs)} trials'] + notes)})")
         results = train_candidates(p, scores, baseline, "reevaluation", configs,
                                    label="re-evaluation", fitness=fitness_after_search(p.cfg)) \
             if configs else []

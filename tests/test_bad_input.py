@@ -128,22 +128,26 @@ class Result:
         self.returncode, self.stderr, self.stdout = returncode, stderr, stdout
 
 
+def run_batch(root, args: dict) -> dict:
+    """Each case's CLI arguments (``args[case]``) through DRIVER in one subprocess."""
+    import json
+    (root / "cases.json").write_text(json.dumps({k: [str(a) for a in v] for k, v in args.items()}))
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"),
+                           str(root / "results.json")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {case: Result(**r) for case, r in json.loads((root / "results.json").read_text()).items()}
+
+
 @pytest.fixture(scope="module")
 def config_cases(tmp_path_factory):
-    import json
     root = tmp_path_factory.mktemp("bad-configs")
     args = {}
     for case, cfg, extra, _ in CASES:
         path = root / f"{case}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        args[case] = ["search", str(path), "--out", str(root / f"{case}-run"), *map(str, extra)]
-    (root / "cases.json").write_text(json.dumps(args))
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"),
-                           str(root / "results.json")], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((root / "results.json").read_text())
-    return root, {case: Result(**r) for case, r in results.items()}
+        args[case] = ["search", path, "--out", root / f"{case}-run", *extra]
+    return root, run_batch(root, args)
 
 
 @pytest.mark.parametrize("case, cfg, extra, words", CASES, ids=[c[0] for c in CASES])
@@ -327,23 +331,15 @@ def inspect_unknown_model(d):
 
 @pytest.fixture(scope="module")
 def file_cases(tmp_path_factory):
-    import json
     root = tmp_path_factory.mktemp("bad-files")
     args, expected = {}, {}
     for name, build in FILE_CASES.items():
         d = root / name
         d.mkdir()
-        argv, words, check = build(d)
-        args[name] = [str(a) for a in argv]
+        args[name], words, check = build(d)
         expected[name] = (d, words, check)
-    args["debug-traceback"] = ["--debug", "search", str(root / "nope.yaml")]
-    (root / "cases.json").write_text(json.dumps(args))
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(root / "cases.json"),
-                           str(root / "results.json")], capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = {k: Result(**r) for k, r in json.loads((root / "results.json").read_text()).items()}
-    return results, expected
+    args["debug-traceback"] = ["--debug", "search", root / "nope.yaml"]
+    return run_batch(root, args), expected
 
 
 @pytest.mark.parametrize("name", list(FILE_CASES))
