@@ -73,7 +73,10 @@ def test_search_on_two_nodes_survives_a_worker_and_a_driver_kill(tmp_path, clust
     # 1. Trials run on both nodes; once each node has finished one, the worker node dies.
     proc = _driver(cfg, out, address)
     both = lambda: {head, worker} <= {r["node"] for r in _trials(out)}  # noqa: E731
-    assert _wait(both, proc), proc.stdout.read()[-3000:] if proc.poll() is not None else "timeout"
+    assert _wait(both, proc), (f"nodes seen {sorted({r['node'] for r in _trials(out)})}, head "
+                               f"{head}, worker {worker}: " + (proc.stdout.read()[-3000:]
+                                                              if proc.poll() is not None
+                                                              else "timeout"))
     before_kill = {r["trial_id"] for r in _trials(out)}
     host.stdin.write("kill-worker\n")
     host.stdin.flush()
