@@ -63,7 +63,9 @@ def cluster():
 
 def test_search_on_two_nodes_survives_a_worker_and_a_driver_kill(tmp_path, cluster):
     host, address, head, worker = cluster
-    data = digits_run(search={"searcher": "random", "candidates": N, "epochs": 2,
+    # Trials of a few seconds, so two overlap and the second cannot fit on the head (one CPU
+    # each node): with sub-second trials Tune often ran them one after another, all on the head.
+    data = digits_run(search={"searcher": "random", "candidates": N, "epochs": 12,
                               "concurrent": 2, "max_failures": 1,
                               "storage_path": str(tmp_path / "shared")})
     cfg = tmp_path / "cluster.yaml"
