@@ -18,7 +18,7 @@ import torch
 from structsearch import criteria, data, models
 from structsearch.criteria.sequential import sequential_keep
 from structsearch.space import WidthSpace
-from structsearch.surgery import prune, reconstruct
+from structsearch.surgery import output_error, prune, reconstruct
 from structsearch.train import TrainSpec, evaluate, train
 
 
@@ -31,13 +31,6 @@ def trained(task: str, model_name: str, seed: int, epochs: int):
     space = WidthSpace.from_model(model, splits.input_shape)
     batches = list(splits.train.subset(640, seed=seed).batches(128, shuffle=False, augment=False))
     return model.eval(), space, splits, batches
-
-
-def output_error(model, pruned, split) -> float:
-    x = torch.cat([xb for xb, _ in split.batches(256, shuffle=False, augment=False)])
-    with torch.no_grad():
-        y, y_hat = model(x), pruned.eval()(x)
-    return float(((y - y_hat) ** 2).sum() / (y ** 2).sum())
 
 
 def one_seed(args, seed: int) -> dict:
@@ -57,7 +50,8 @@ def one_seed(args, seed: int) -> dict:
             seconds = time.perf_counter() - start
             pruned = prune(model, space, widths, keep=keep)
             reconstruct(pruned, model, space, keep, batches, seed=seed)
-            rows[(ratio, order)] = {"error": output_error(model, pruned, splits.val),
+            held_out = splits.val.batches(256, shuffle=False, augment=False)
+            rows[(ratio, order)] = {"error": output_error(model, pruned, held_out),
                                     "acc": 100 * evaluate(pruned, splits.val)["top1"],
                                     "seconds": seconds}
     rows["grams_s"] = grams_s

@@ -355,6 +355,26 @@ def reconstruct(pruned_model: nn.Module, original_model: nn.Module, space: Width
     return errors
 
 
+def output_error(reference: nn.Module, pruned: nn.Module, batches) -> float:
+    """The relative output error ``||f(x) - f_pruned(x)||^2 / ||f(x)||^2`` of ``pruned``
+    against ``reference`` over ``batches`` (an iterable of ``(x, y)``), both in eval mode:
+    how much a pruning (and any reconstruction) changed what the network computes."""
+    modes = reference.training, pruned.training
+    reference.eval()
+    pruned.eval()
+    num = den = 0.0
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                y = reference(x)
+                num += float(((y - pruned(x)) ** 2).sum())
+                den += float((y ** 2).sum())
+    finally:
+        reference.train(modes[0])
+        pruned.train(modes[1])
+    return num / den
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)

@@ -10,7 +10,7 @@ import torch
 from structsearch import criteria, data, models
 from structsearch.criteria.lasso import lasso_select_gram
 from structsearch.space import WidthSpace
-from structsearch.surgery import prune, reconstruct
+from structsearch.surgery import output_error, prune, reconstruct
 from structsearch.train import TrainSpec, evaluate, train
 
 
@@ -25,12 +25,8 @@ def trained():
     return model.eval(), space, splits, batches
 
 
-def output_error(model, pruned, split) -> float:
-    """||f(x) - f_pruned(x)||^2 / ||f(x)||^2 of the logits on held-out (validation) images."""
-    x = torch.cat([xb for xb, _ in split.batches(256, shuffle=False, augment=False)])
-    with torch.no_grad():
-        y, y_hat = model(x), pruned.eval()(x)
-    return float(((y - y_hat) ** 2).sum() / (y ** 2).sum())
+def held_out(splits):
+    return splits.val.batches(256, shuffle=False, augment=False)
 
 
 def test_lasso_selects_at_each_width_and_reconstruction_beats_no_reconstruction():
@@ -50,7 +46,7 @@ def test_lasso_selects_at_each_width_and_reconstruction_beats_no_reconstruction(
     refit = copy.deepcopy(plain)
     errors = reconstruct(refit, model, space, keep, batches, seed=0)
     assert errors and all(after <= before for before, after in errors.values())
-    err_plain, err_refit = output_error(model, plain, splits.val), output_error(model, refit, splits.val)
+    err_plain, err_refit = (output_error(model, m, held_out(splits)) for m in (plain, refit))
     acc_plain = evaluate(plain, splits.val)["top1"]
     acc_refit = evaluate(refit, splits.val)["top1"]
     assert err_refit < 0.8 * err_plain, (err_plain, err_refit)
@@ -143,4 +139,17 @@ def test_candidate_builder_selects_by_the_configured_order_and_refits(order):
     # The kept channels are the order's: the first layer's filters are its kept filters.
     first = dict(model.named_modules())["features.0"].weight
     np.testing.assert_allclose(built.features[0].weight.detach(), first[expected[0]].detach())
-    assert output_error(model, built, splits.val) < 0.8 * output_error(model, plain, splits.val)
+    built_error = output_error(model, built, held_out(splits))
+    assert built_error < 0.8 * output_error(model, plain, held_out(splits))
+
+
+def test_output_error_is_the_relative_squared_error_over_all_batches():
+    model, space, splits, _ = trained()
+    pruned = prune(model, space, space.uniform(0.5))
+    x = torch.cat([xb for xb, _ in held_out(splits)])
+    with torch.no_grad():
+        y, y_hat = model(x), pruned(x)
+    expected = float(((y - y_hat) ** 2).sum() / (y ** 2).sum())
+    assert output_error(model, pruned, held_out(splits)) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.01 and output_error(model, copy.deepcopy(model), held_out(splits)) == 0
+    assert not model.training and not pruned.training
