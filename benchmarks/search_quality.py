@@ -146,7 +146,7 @@ def table(name: str, results: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="*", help=f"subset of {list(SETTINGS)}")
+    parser.add_argument("--settings", nargs="*", help=f"subset of {list(SETTINGS)}".replace("%", "%%"))
     parser.add_argument("--only", nargs="*", help=f"searcher rows (default: default abc random); "
                                                   f"any of {list(SEARCHERS)}")
     parser.add_argument("--seeds", type=int, default=0, help="cap the seeds of every setting")

@@ -39,3 +39,15 @@ def test_search_quality_quick_prints_the_paired_table(tmp_path):
     for entries in figures.values():
         assert 0.1 < entries[0]["test_acc"] <= 1.0 and 0 < entries[0]["macs_ratio"] <= 0.25 + 1e-9
     assert figures["one-shot uniform"][0]["candidate_epochs"] == 0
+
+
+def test_every_benchmark_prints_its_help():
+    """`--help` of each benchmark script parses and prints its options (a '%' in a help text
+    once made search_quality.py's --help crash with a ValueError)."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert len(scripts) >= 10
+    for script in scripts:
+        res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+        assert res.returncode == 0, (script.name, res.stderr[-1500:])
+        assert res.stdout.startswith("usage:"), (script.name, res.stdout[:300])
