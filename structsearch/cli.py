@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "search":
             from . import config as config_mod
             from .pipeline import run_search
+            from .signals import interrupt_on_sigterm
+            interrupt_on_sigterm()
             cfg = config_mod.load(args.config, args.set)
             run_search(cfg, out=args.out, config_path=args.config, resume=args.resume,
                        address=args.address, warm_from=args.warm_from)

@@ -147,6 +147,22 @@ def test_sigkill_mid_search_and_mid_write_then_resume(tmp_path):
     assert all(t["row"]["status"] == "ok" for t in interrupted.trials), "Ctrl-C fails no candidate"
     assert len(interrupted.trials) < N
 
+    # 2b. Resume, and stop it with SIGTERM to the driver alone (`kill PID`, a batch scheduler):
+    #     the same graceful stop, not Ray's stack dump and sudden death.
+    proc = _start(cfg, out, resume=True)
+    start = time.time()
+    while (_journal_trials(out) < len(interrupted.trials) + 1 and proc.poll() is None
+           and time.time() - start < 240):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=120)
+    logs.append(log)
+    assert proc.returncode == 130 and "continue with --resume" in log, log[-3000:]
+    assert "SIGTERM received" not in log, log[-3000:]
+    terminated = load_journal(journal_path(out))
+    assert all(t["row"]["status"] == "ok" for t in terminated.trials), "SIGTERM fails no candidate"
+    assert len(interrupted.trials) < len(terminated.trials) < N
+
     # 3. Resume with a slowed writer and kill it in the middle of writing candidates.csv.
     proc = _start(cfg, out, {"STRUCTSEARCH_TEST_SLOW_WRITE": "30"}, resume=True)
     assert _kill_when(proc, lambda: (out / "candidates.csv.tmp").exists()), proc.stdout.read()
