@@ -39,6 +39,8 @@ class DataConfig:
     batch_size: int = 128
     augment: bool | None = None  # None: the dataset's default
     kwargs: dict = field(default_factory=dict)  # arguments of a package.module:factory entry point
+    image_size: int | None = None  # image folders: crop side (None: 224, ImageNet's)
+    workers: int = 8  # image folders: DataLoader worker processes per training process
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,9 @@ def _bad(key: str, msg: str) -> None:
     raise ConfigError(f"{key}: {msg}")
 
 
+FOLDER_DATASETS = ("imagefolder", "imagenet")  # streamed from disk, cropped to data.image_size
+
+
 def _check(cfg: Config) -> None:
     _check_data_and_budget(cfg)
     _check_search(cfg)
@@ -253,6 +258,14 @@ def _check_data_and_budget(cfg: Config) -> None:
         bad("data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
     if d.batch_size < 1:
         bad("data.batch_size", f"must be >= 1, got {d.batch_size}")
+    if d.workers < 0:
+        bad("data.workers", f"must be >= 0 (0: decode in the training process), got {d.workers}")
+    if d.image_size is not None:
+        if d.name not in FOLDER_DATASETS:
+            bad("data.image_size", f"only image folders ({', '.join(FOLDER_DATASETS)}) are resized; "
+                                   f"{d.name}'s images keep their own size, so remove the key")
+        if not 8 <= d.image_size <= 4096:
+            bad("data.image_size", f"must be a crop side in pixels in [8, 4096], got {d.image_size}")
     if cfg.baseline.epochs < 0:
         bad("baseline.epochs", f"must be >= 0, got {cfg.baseline.epochs}")
     for key, sched in (("baseline.schedule", cfg.baseline.schedule), ("search.schedule", s.schedule)):

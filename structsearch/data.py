@@ -61,6 +61,7 @@ class DataSpec:
     augment: bool | None = None
     workers: int = 8
     kwargs: str = "{}"  # JSON of an entry point's keyword arguments (data.kwargs)
+    image_size: int | None = None  # image folders: the crop side (None: 224)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -260,7 +261,7 @@ class _FileDataset(torch.utils.data.Dataset):
 class FolderSplit:
     """A split of an image folder, streamed by ``DataLoader`` workers.
 
-    Workers decode and crop to uint8 (224x224); normalisation happens on the target device,
+    Workers decode and crop to uint8 (``image_size`` square, 224 by default); normalisation happens on the target device,
     so only uint8 crosses the host-device link. Offers the same ``batches`` interface as
     ``Split``; ``x`` is not available (the images are not in memory).
     """
@@ -656,6 +657,8 @@ def _image_folder(spec: DataSpec) -> Splits:
     rng = np.random.default_rng(spec.seed)
     val_pos, train_pos = _stratified_split(labels, spec.val_fraction, rng)
     augment_default = True if spec.augment is None else spec.augment
+    size = spec.image_size or 224
+    resize = round(size * 256 / 224)  # evaluation: resize the short side, then centre crop
 
     def make(samples: list, pos: np.ndarray, pool: str) -> FolderSplit:
         return FolderSplit(
@@ -665,6 +668,8 @@ def _image_folder(spec: DataSpec) -> Splits:
             source_indices=pos,
             pool=pool,
             workers=spec.workers,
+            image_size=size,
+            resize=resize,
             augment_default=augment_default,
         )
 
@@ -674,7 +679,7 @@ def _image_folder(spec: DataSpec) -> Splits:
         val=make(train_pool.samples, val_pos, "train"),
         test=make(test_pool.samples, np.arange(len(test_pool.samples)), "test"),
         num_classes=len(train_pool.classes),
-        input_shape=(3, 224, 224),
+        input_shape=(3, size, size),
         pool_sizes={"train": len(train_pool.samples), "test": len(test_pool.samples)},
         seed=spec.seed,
         val_fraction=spec.val_fraction,

@@ -131,3 +131,54 @@ def test_readme_python_api_example_runs_as_written(tmp_path, ray_local, monkeypa
     assert len(result.candidates) == 4 or "stopped early" in capsys.readouterr().out
     assert result.summary["winner"]["macs_ratio"] <= 0.5
     assert result.best.eval()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_own_image_folder_at_its_own_size_runs_a_search(tmp_path, ray_local):
+    """A user's image folder (train/ and val/ class folders of small RGB pictures) searched at
+    its own resolution (`data.image_size`), streamed by the folder loader inside the trials."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    from structsearch.pipeline import run_search
+
+    digits = load_digits()
+    root = tmp_path / "parts"
+    counts = {"train": 0, "val": 0}
+    for i, (image, label) in enumerate(zip(digits.images, digits.target)):
+        if label > 2 or i >= 600:
+            continue
+        pool = "val" if i % 5 == 0 else "train"
+        folder = root / pool / f"class_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        gray = (image * 255 / 16).astype(np.uint8)
+        rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)
+        Image.fromarray(rgb).resize((20, 20)).save(folder / f"{i}.png")
+        counts[pool] += 1
+    cfg = dict(RUN, model={"name": "small_cnn"},
+               data={"name": "imagefolder", "root": str(root), "image_size": 16, "workers": 0,
+                     "batch_size": 32, "augment": False},
+               baseline={"epochs": 4, "lr": 0.05, "schedule": "cosine"},
+               budget={"macs_ratio": 0.5}, space={"round_to": 1},
+               search=dict(RUN["search"], candidates=2, reevaluate=0),
+               final={"finetune_epochs": 1, "scratch": [], "baselines": []})
+    from structsearch import config as C
+    run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    arch = json.loads((run / "winner" / "finetune" / "arch.json").read_text())
+    assert arch["input_shape"] == [3, 16, 16]
+    assert summary["winner"]["macs"] <= 0.5 * summary["baseline"]["macs"]
+    # 3 classes: chance is 1/3; the test split is the val/ folder.
+    assert summary["baseline"]["test_acc"] > 0.6 and summary["finetune"]["test_acc"] > 0.6
+    model = load_pruned(run / "winner" / "finetune").eval()
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 3)
+    assert counts["val"] >= 30 and counts["train"] >= 4 * counts["val"] - 8
+
+
+def test_image_size_is_refused_for_datasets_that_are_not_folders():
+    from structsearch import config as C
+    with pytest.raises(ConfigError, match=r"data.image_size: only image folders"):
+        C.from_dict({"data": {"name": "mnist5k", "image_size": 32}})
+    with pytest.raises(ConfigError, match=r"data.image_size: must be a crop side"):
+        C.from_dict({"data": {"name": "imagefolder", "image_size": 2}})
+    with pytest.raises(ConfigError, match=r"data.workers: must be >= 0"):
+        C.from_dict({"data": {"name": "imagefolder", "workers": -1}})
