@@ -97,6 +97,14 @@ class SearchCore(ABC):
         # a proposal of one of these widths is answered at once, without a trial.
         self.reusable: dict[tuple[int, ...], float] = {}
         self.reused = 0  # proposals answered from ``reusable`` (they cost no candidate)
+        # This search's own finished candidates (width vector -> fitness): a searcher that
+        # proposes one of them again (Optuna's integer samplers do; a coarse grid makes
+        # neighbours coincide) is answered from it instead of training the structure twice.
+        self.finished: dict[tuple[int, ...], float] = {}
+        # A proposal of widths still training under another token waits for that result:
+        # token of the trained proposal -> tokens answered with its result when it comes.
+        self.followers: dict[int, list[int]] = {}
+        self.repeats = 0  # proposals answered from ``finished`` or by a trial in flight
 
     # -- hooks ---------------------------------------------------------------------------
     @abstractmethod
@@ -137,7 +145,8 @@ class SearchCore(ABC):
             if nxt is None or (isinstance(nxt, str) and nxt == FINISHED):
                 return nxt
             draft = nxt if isinstance(nxt, Candidate) else self.draft(*nxt)
-            candidate = Candidate(self.asked + self.reused, self.feasible(draft.widths),
+            token = self.asked + self.reused + self.repeats  # each proposal's own
+            candidate = Candidate(token, self.feasible(draft.widths),
                                   draft.origin, draft.searcher or self.name, draft.options)
             self.pending[candidate.token] = candidate
             self._proposed(candidate)
@@ -145,10 +154,19 @@ class SearchCore(ABC):
                 self.reused += 1
                 self.tell(candidate.token, self.reusable[candidate.widths], {"reused": True})
                 continue
+            if self.reuses_results and candidate.widths in self.finished:
+                self.repeats += 1
+                self.tell(candidate.token, self.finished[candidate.widths], {"repeated": True})
+                continue
+            leader = self._in_flight(candidate) if self.reuses_results else None
+            if leader is not None:
+                self.repeats += 1
+                self.followers.setdefault(leader, []).append(candidate.token)
+                continue
             self.asked += 1
             return candidate
         self.shortfall = (f"the searcher kept proposing known width vectors ({self.reused} "
-                          f"answered from finished runs)")
+                          f"answered from finished runs, {self.repeats} from this search)")
         return FINISHED
 
     def warm(self, known: dict) -> None:
@@ -175,7 +193,21 @@ class SearchCore(ABC):
             return
         value = WORST if fitness is None or not np.isfinite(fitness) else float(fitness)
         self.history.append((candidate.widths, value, candidate.origin))
+        if value > WORST and not (info or {}).get("reused"):
+            # A failed candidate is not remembered: proposing it again retries it.
+            self.finished.setdefault(candidate.widths, value)
         self._observe(candidate, value, info or {})
+        for follower in self.followers.pop(token, []):  # the same widths, proposed meanwhile
+            self.tell(follower, fitness, {"repeated": True})
+
+    def _in_flight(self, candidate: Candidate) -> int | None:
+        """The token of a trained proposal with ``candidate``'s widths still running."""
+        waiting = {t for tokens in self.followers.values() for t in tokens}
+        for token, other in self.pending.items():
+            if (token != candidate.token and token not in waiting
+                    and other.widths == candidate.widths):
+                return token
+        return None
 
     # -- helpers -------------------------------------------------------------------------
     def draft(self, widths, origin: str, options: dict | None = None) -> Candidate:

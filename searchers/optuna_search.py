@@ -4,6 +4,9 @@ The space is define-by-run: one integer per group, the index into that group's w
 Infeasible samples are rejected before any training: they are told to the study at once as
 violating the MACs constraint (so the sampler learns where the budget lies) and a new sample is
 drawn; after ``max_rejections`` in a row the last one is projected into the budget and enqueued.
+TPE (one objective under the budget) also widens a feasible sample that spends less than
+``fill`` (0.97) of the budget and evaluates the widened vector in its place; NSGA-II, whose
+second objective is the cost itself, evaluates what it samples.
 Seeded proposals go in as the first trials.
 
 State without pickle: every operation on the study (enqueue, ask, the suggested parameters, the
@@ -103,6 +106,16 @@ class _OptunaSearch(SearchCore, ABC):
         else:  # optuna < 5 reads constraints through constraints_func
             trial.set_user_attr("macs_excess", excess)
 
+    def _fail(self, trial) -> None:
+        """Withdraw an asked trial: the samplers learn nothing from a failed one."""
+        import optuna
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self.log.append(["fail", trial.number])
+
+    def _spend(self, trial, widths):
+        """Hook: the trial to evaluate for the feasible sample ``widths`` (TPE widens it)."""
+        return trial, widths, ""
+
     def _tell(self, trial, values) -> None:
         values = float(values) if np.isscalar(values) else [float(v) for v in values]
         self.study.tell(trial, values)
@@ -132,8 +145,9 @@ class _OptunaSearch(SearchCore, ABC):
             excess = self.cost(widths) - self.limit
             self._constrain(trial, excess)
             if excess <= 0:
+                trial, widths, how = self._spend(trial, widths)
                 self._current = trial
-                return widths, origin
+                return widths, origin + how
             self._tell(trial, self._worst())
         # The sampler keeps drawing over-budget points: repair the last one and evaluate that.
         repaired = self.feasible(widths)
@@ -233,6 +247,10 @@ class _OptunaSearch(SearchCore, ABC):
             elif kind == "tell":
                 study.tell(trial, op[2])
                 del live[number]
+            elif kind == "fail":
+                import optuna
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                del live[number]
             else:
                 raise ValueError(f"{self.name} state replay: unknown operation {kind!r}")
 
@@ -242,6 +260,34 @@ class TPESearch(_OptunaSearch):
 
     name = "tpe"
     directions = ["maximize"]
+
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None,
+                 initial: list | None = None, max_rejections: int = 20,
+                 n_startup_trials: int = 10, fill: float = 0.97):
+        if not 0 <= fill <= 1:
+            raise ValueError("tpe.fill must be in [0, 1] (the share of the budget samples spend)")
+        self.fill_fraction = float(fill)
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view,
+                         initial=initial, max_rejections=max_rejections,
+                         n_startup_trials=n_startup_trials)
+
+    def _spend(self, trial, widths):
+        """A sample that leaves more than ``1 - fill`` of the budget unspent is withdrawn and
+        the same vector widened one grid step at a time (random groups) to spend at least
+        ``fill`` of it is evaluated instead: accuracy grows with width, so under one budget
+        an under-spent structure only wastes a candidate. The sampler learns from the widened
+        vectors alone."""
+        if self.cost(widths) >= self.fill_fraction * self.limit:
+            return trial, widths, ""
+        wider = tuple(int(v) for v in self.fill(widths, self.fill_fraction))
+        if wider == tuple(widths):  # no grid step fits the budget
+            return trial, widths, ""
+        self._fail(trial)
+        self._enqueue(self._params(wider))
+        filled = self._ask()
+        wider = self._widths(filled)
+        self._constrain(filled, 0.0)
+        return filled, wider, ":filled"
 
     def _sampler(self, optuna, seed, n_startup):
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, multivariate=True,

@@ -221,7 +221,9 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
                   key=lambda r: r["token"])
     say(f"search: {len(rows)} candidates in {time.perf_counter() - start:.0f} s "
         f"({sum(r['status'] != 'ok' for r in rows)} failed"
-        + (f"; {core.reused} more answered by known results" if core.reused else "") + ")"
+        + (f"; {core.reused} more answered by known results" if core.reused else "")
+        + (f"; {core.repeats} repeated proposals answered by their first result"
+           if core.repeats else "") + ")"
         + (f"; stopped early: {core.shortfall}" if len(rows) < core.num_candidates else ""))
     return rows
 

@@ -74,7 +74,11 @@ def test_tpe_learns_from_known_trials(space):
     drain(core)
     restored = searchers.build("tpe", space, limit=limit, num_candidates=3, seed=0)
     restored.load_state(core.state())  # the warm trials replay from the log like any other
-    assert len(restored.study.trials) == len(core.study.trials) == 8
+    assert len(restored.study.trials) == len(core.study.trials)
+    # 5 known + 3 evaluated (under-spent samples are withdrawn as failed and widened).
+    complete = [t for t in core.study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 8
+    assert [t.params for t in restored.study.trials] == [t.params for t in core.study.trials]
 
 
 def test_dropnet_refuses_known_results(space):
@@ -174,3 +178,76 @@ def test_python_api_warm_starts_from_a_finished_run(chain, tmp_path):
     assert result.summary["search"]["known"] == len(read_candidates(a / "candidates.csv"))
     assert result.summary["winner"]["widths"] == \
         json.loads((a / "summary.json").read_text())["winner"]["widths"]
+
+
+class Repeater(searchers.SearchCore):
+    """Proposes a fixed list of width vectors, some of them twice."""
+
+    name = "repeater"
+
+    def __init__(self, space, *, limit, num_candidates, seed=0, view=None, plan=()):
+        super().__init__(space, limit=limit, num_candidates=num_candidates, seed=seed, view=view)
+        self.plan = [tuple(w) for w in plan]
+
+    def _next(self):
+        return (self.plan.pop(0), "plan") if self.plan else searchers.FINISHED
+
+
+def test_a_repeated_proposal_is_answered_by_its_first_result(space):
+    limit = space.macs(space.full_widths)
+    a, b, c = (tuple(int(v) for v in space.uniform(r)) for r in (0.3, 0.5, 0.7))
+    core = Repeater(space, limit=limit, num_candidates=4, plan=[a, b, a, a, c, b, (1, 1, 1, 1)])
+    proposed = drain(core)
+    assert [p.widths for p in proposed][:3] == [a, b, c]
+    assert core.repeats == 3 and core.asked == 4
+    assert len({p.token for p in proposed}) == len(proposed) == 4
+    # Every proposal, answered or trained, is in the history with the first result.
+    assert [w for w, _, _ in core.history].count(a) == 3
+    assert {f for w, f, _ in core.history if w == a} == {fitness(a)}
+    restored = Repeater(space, limit=limit, num_candidates=4)
+    restored.load_state(core.state())
+    assert restored.finished == core.finished and restored.repeats == 3
+
+
+def test_a_failed_candidate_proposed_again_is_trained_again(space):
+    limit = space.macs(space.full_widths)
+    a = tuple(int(v) for v in space.uniform(0.5))
+    core = Repeater(space, limit=limit, num_candidates=3, plan=[a, a])
+    first = core.ask()
+    core.tell(first.token, None)  # crashed
+    second = core.ask()
+    assert second.widths == a and second.token != first.token and core.repeats == 0
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.3, 0.6])
+def test_tpe_proposals_spend_the_budget(space, budget):
+    """Issue 16: TPE (one objective under the budget) evaluates structures within [0.97, 1] of
+    it; NSGA-II, whose second objective is the cost, may go lower."""
+    limit = budget * space.macs(space.full_widths)
+    core = searchers.build("tpe", space, limit=limit, num_candidates=14, seed=3)
+    proposed = drain(core)
+    ratios = [space.macs(p.widths) / limit for p in proposed]
+    assert len(proposed) == 14 and min(ratios) >= 0.97 and max(ratios) <= 1.0 + 1e-9, ratios
+    assert any(p.origin.endswith(":filled") for p in proposed)
+    nsga = drain(searchers.build("nsga2", space, limit=limit, num_candidates=14, seed=3))
+    assert min(space.macs(p.widths) / limit for p in nsga) < 0.97
+
+
+def test_a_proposal_of_widths_in_flight_waits_for_that_result(space):
+    """Two trials at a time: widths proposed again while their first trial still trains are
+    not trained twice; both proposals get the one result when it comes."""
+    limit = space.macs(space.full_widths)
+    a, b = (tuple(int(v) for v in space.uniform(r)) for r in (0.3, 0.5))
+    core = Repeater(space, limit=limit, num_candidates=3, plan=[a, a, b, a])
+    first, second = core.ask(), core.ask()
+    assert (first.widths, second.widths) == (a, b) and core.repeats == 1
+    state = core.state()
+    core.tell(first.token, 0.25)
+    assert not core.pending.keys() - {second.token}
+    assert [f for w, f, _ in core.history] == [0.25, 0.25]
+    third = core.ask()  # the fourth proposal (a again) is answered from the finished result
+    assert third is searchers.FINISHED and core.repeats == 2 and core.asked == 2
+    restored = Repeater(space, limit=limit, num_candidates=3)
+    restored.load_state(state)  # a resume while the first was in flight keeps the follower
+    restored.tell(first.token, 0.5)
+    assert [f for w, f, _ in restored.history] == [0.5, 0.5]
