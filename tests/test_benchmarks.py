@@ -43,11 +43,28 @@ def test_search_quality_quick_prints_the_paired_table(tmp_path):
 
 def test_every_benchmark_prints_its_help():
     """`--help` of each benchmark script parses and prints its options (a '%' in a help text
-    once made search_quality.py's --help crash with a ValueError)."""
+    once made search_quality.py's --help crash with a ValueError). One interpreter runs them
+    all, so torch is imported once."""
     scripts = sorted((ROOT / "benchmarks").glob("*.py"))
     assert len(scripts) >= 10
-    for script in scripts:
-        res = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
-                             text=True, timeout=120, cwd=ROOT)
-        assert res.returncode == 0, (script.name, res.stderr[-1500:])
-        assert res.stdout.startswith("usage:"), (script.name, res.stdout[:300])
+    runner = (
+        "import contextlib, io, runpy, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    sys.argv = [path, '--help']\n"
+        "    out = io.StringIO()\n"
+        "    try:\n"
+        "        with contextlib.redirect_stdout(out):\n"
+        "            runpy.run_path(path, run_name='__main__')\n"
+        "    except SystemExit as exc:\n"
+        "        code = exc.code\n"
+        "    else:\n"
+        "        code = 'no exit'\n"
+        "    print(path, code, out.getvalue().startswith('usage:'), flush=True)\n")
+    res = subprocess.run([sys.executable, "-c", runner, *map(str, scripts)], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT / "benchmarks")
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.split("\n")
+    results = [line.rsplit(" ", 2) for line in lines if line.startswith(str(ROOT))]
+    assert len(results) == len(scripts), res.stdout[-2000:]
+    for path, code, usage in results:
+        assert code in ("0", "None") and usage == "True", (path, code, res.stderr[-1500:])
