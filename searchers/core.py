@@ -145,8 +145,7 @@ class SearchCore(ABC):
             if nxt is None or (isinstance(nxt, str) and nxt == FINISHED):
                 return nxt
             draft = nxt if isinstance(nxt, Candidate) else self.draft(*nxt)
-            token = self.asked + self.reused + self.repeats  # each proposal's own
-            candidate = Candidate(token, self.feasible(draft.widths),
+            candidate = Candidate(self.proposals, self.feasible(draft.widths),
                                   draft.origin, draft.searcher or self.name, draft.options)
             self.pending[candidate.token] = candidate
             self._proposed(candidate)
@@ -210,6 +209,12 @@ class SearchCore(ABC):
         return None
 
     # -- helpers -------------------------------------------------------------------------
+    @property
+    def proposals(self) -> int:
+        """Proposals made so far: trained, answered by known results or repeated (each one's
+        token is its number)."""
+        return self.asked + self.reused + self.repeats
+
     def draft(self, widths, origin: str, options: dict | None = None) -> Candidate:
         """A proposal for :meth:`_next` to return (numbered by ``ask``)."""
         return Candidate(-1, widths, origin, self.name, options or {})

@@ -107,10 +107,14 @@ class _OptunaSearch(SearchCore, ABC):
             trial.set_user_attr("macs_excess", excess)
 
     def _fail(self, trial) -> None:
-        """Withdraw an asked trial: the samplers learn nothing from a failed one."""
-        import optuna
-        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        self._withdraw(self.study, trial)
         self.log.append(["fail", trial.number])
+
+    @staticmethod
+    def _withdraw(study, trial) -> None:
+        """End an asked trial as failed: the samplers learn nothing from it."""
+        import optuna
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _spend(self, trial, widths):
         """Hook: the trial to evaluate for the feasible sample ``widths`` (TPE widens it)."""
@@ -248,8 +252,7 @@ class _OptunaSearch(SearchCore, ABC):
                 study.tell(trial, op[2])
                 del live[number]
             elif kind == "fail":
-                import optuna
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                self._withdraw(study, trial)
                 del live[number]
             else:
                 raise ValueError(f"{self.name} state replay: unknown operation {kind!r}")

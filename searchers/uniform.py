@@ -32,7 +32,7 @@ class UniformSweep(SearchCore):
         self.num_candidates = len(vectors)
 
     def _next(self):
-        step = self.asked + self.reused + self.repeats  # known vectors (``warm``) are skipped, not repeated
+        step = self.proposals  # known vectors (``warm``) are skipped, not repeated
         if step >= len(self.queue):
             return FINISHED
         return self.queue[step], "uniform"

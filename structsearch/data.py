@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .config import FOLDER_DATASETS
 from .registry import Registry
 
 __all__ = [
@@ -261,8 +262,8 @@ class _FileDataset(torch.utils.data.Dataset):
 class FolderSplit:
     """A split of an image folder, streamed by ``DataLoader`` workers.
 
-    Workers decode and crop to uint8 (``image_size`` square, 224 by default); normalisation happens on the target device,
-    so only uint8 crosses the host-device link. Offers the same ``batches`` interface as
+    Workers decode and crop to uint8 (an ``image_size`` square, 224 by default); normalisation
+    happens on the target device, so only uint8 crosses the host-device link. Offers the same ``batches`` interface as
     ``Split``; ``x`` is not available (the images are not in memory).
     """
 
@@ -686,5 +687,5 @@ def _image_folder(spec: DataSpec) -> Splits:
     )
 
 
-register("imagefolder")(_image_folder)
-register("imagenet")(_image_folder)
+for _name in FOLDER_DATASETS:  # the names config.py allows data.image_size for
+    register(_name)(_image_folder)

@@ -43,7 +43,8 @@ def data_spec_of(cfg: Config) -> data_mod.DataSpec:
     d = cfg.data
     return data_mod.DataSpec(name=d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
                              batch_size=d.batch_size, seed=cfg.seed, augment=d.augment,
-                             kwargs=json.dumps(d.kwargs, sort_keys=True), image_size=d.image_size, workers=d.workers)
+                             kwargs=json.dumps(d.kwargs, sort_keys=True), image_size=d.image_size,
+                             workers=d.workers)
 
 
 def load_data(cfg: Config) -> tuple[data_mod.DataSpec, data_mod.Splits]:

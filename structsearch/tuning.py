@@ -18,14 +18,6 @@ def init_ray(address: str | None) -> None:
     import ray
     if ray.is_initialized():
         return
-    try:
-        _start_ray(ray, address)
-    finally:
-        from .signals import reinstall
-        reinstall()  # ray.init replaced SIGTERM's handler; the command line wants its own
-
-
-def _start_ray(ray, address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
@@ -41,6 +33,8 @@ def _start_ray(ray, address: str | None) -> None:
         paths += user_paths()  # where entry points (package.module:factory) import from
         # The dashboard starts when ray[default] is installed (the `dashboard` extra).
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}, **kwargs)
+    from .signals import reinstall
+    reinstall()  # ray.init replaced SIGTERM's handler; the command line wants its own
 
 
 def user_paths() -> list[str]:
