@@ -255,11 +255,14 @@ def finish_journal(recorder, path: Path, searcher, core) -> Journal:
     return journal
 
 
+FINAL_METRICS = ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")
+
+
 def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state: dict) -> dict:
     """The winner trained by every protocol, in parallel; RUN_DIR/winner/<protocol>/."""
     from ray import tune
 
-    from trainables.final import final_trainable
+    from trainables.final import final_run, final_trainable, trains_nothing
 
     from .tuning import Progress
     done = {}
@@ -271,21 +274,34 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
     runs = {r["key"]: r for r in every if r["key"] not in done}
     if not runs:
         return done
-    say("final: " + ", ".join(f"{k} {r['epochs']} ep" for k, r in runs.items()) + " in parallel")
     state = {k: v.cpu() for k, v in p.model.state_dict().items()}
+    setup = trial_setup(p, scores, baseline, twostage.fitness_after_search(p.cfg))
+    for key in [k for k, r in runs.items() if trains_nothing(r)]:
+        # Nothing to train: the winner as the search left it, measured here, not in a trial.
+        run = runs.pop(key)
+        with torch.random.fork_rng():
+            entry, model = final_run(run, setup, state, winner_state, p.splits, p.device)
+        say(f"final: {key} {run['epochs']} ep: val {100 * entry['val_acc']:.2f}%")
+        out = run_dir_of(p, run)
+        save_pruned(model.cpu(), p.space, run["widths"], out)
+        done[key] = {k: entry.get(k) for k in FINAL_METRICS}
+        report.write_json(done[key], out / "metrics.json")
+    if not runs:
+        return done
+    say("final: " + ", ".join(f"{k} {r['epochs']} ep" for k, r in runs.items()) + " in parallel")
     describe = lambda trial: (trial.config["protocol"], (trial.last_result or {}).get("val_acc"), "")  # noqa: E731
     results = experiment(
         p, "final", final_trainable, param_space={"protocol": tune.grid_search(list(runs))},
         concurrent=len(runs), callbacks=[Progress(len(runs), "final", describe)],
-        params={"setup": trial_setup(p, scores, baseline, twostage.fitness_after_search(p.cfg)),
-                "baseline_state": state, "winner_state": winner_state, "runs": runs})
+        params={"setup": setup, "baseline_state": state, "winner_state": winner_state,
+                "runs": runs})
     for result in results:
         key = result.config["protocol"]
         if result.error is not None:
             say(f"final: {key} failed: {str(result.error).splitlines()[-1][:200]}")
             continue
         run = runs[key]
-        entry = {k: result.metrics.get(k) for k in ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")}
+        entry = {k: result.metrics.get(k) for k in FINAL_METRICS}
         if run.get("source") == "oneshot":
             w = run["widths"]
             entry.update(widths=w, macs=int(p.space.macs(w)), params=int(p.space.params(w)),

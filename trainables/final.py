@@ -22,27 +22,39 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
     """``config``: ``protocol``, a key of ``runs`` (key -> ``protocol``, ``widths``, ``epochs``,
     ``lr``, ``schedule``, ``compile``; a one-shot baseline also has ``source: oneshot``)."""
     cpu_threads()
-    key = config["protocol"]
-    config = runs[key]
-    start = time.perf_counter()
-    widths = [int(w) for w in config["widths"]]
-    protocol = config["protocol"]
     device = device_for_trial()
-    splits = load_splits(setup.data_spec, device)
-    if config.get("source") == "oneshot":
+    final, model = final_run(runs[config["protocol"]], setup, baseline_state, winner_state,
+                             load_splits(setup.data_spec, device), device, report=tune.report)
+    report_with_weights(final, model)
+
+
+def trains_nothing(run: dict) -> bool:
+    """A run that is the winner as it stands (its fine-tune for 0 epochs): the driver measures it
+    without a trial (a one-shot baseline still trains as a candidate does first)."""
+    return int(run["epochs"]) == 0 and run["protocol"] == "finetune" and run.get("source") != "oneshot"
+
+
+def final_run(run: dict, setup: TrialSetup, baseline_state: dict, winner_state: dict | None,
+              splits, device: str, report=None) -> tuple[dict, torch.nn.Module]:
+    """Train ``run`` (an entry of the final stage's ``runs``) and measure it on the validation
+    and test splits; ``report`` receives each epoch's result but the last. Returns the metrics
+    and the trained model."""
+    key, start = run["key"], time.perf_counter()
+    widths = [int(w) for w in run["widths"]]
+    if run.get("source") == "oneshot":
         model = oneshot_candidate(setup, baseline_state, widths, splits, device)
     else:
-        model = winner_model(setup, baseline_state, winner_state, widths, protocol)
-    if config.get("compile") and device.startswith("cuda"):
+        model = winner_model(setup, baseline_state, winner_state, widths, run["protocol"])
+    if run.get("compile") and device.startswith("cuda"):
         # One architecture trained for many epochs: compiling pays off here, unlike candidates.
         model = model.to(device)
         model.forward = torch.compile(model.forward)
-    spec: TrainSpec = dataclasses.replace(setup.train, epochs=int(config["epochs"]), lr=float(config["lr"]),
-                                          schedule=config["schedule"])
+    spec: TrainSpec = dataclasses.replace(setup.train, epochs=int(run["epochs"]), lr=float(run["lr"]),
+                                          schedule=run["schedule"])
 
     def on_epoch(epoch: int, metrics: dict):
-        if epoch < spec.epochs:
-            tune.report({"protocol": key, "epoch": epoch, "val_acc": metrics["val_acc"]})
+        if epoch < spec.epochs and report is not None:
+            report({"protocol": key, "epoch": epoch, "val_acc": metrics["val_acc"]})
 
     result = {}
     if spec.epochs > 0:
@@ -54,7 +66,7 @@ def final_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict,
              "test_acc": test["top1"], "test_loss": test["loss"], "epochs": spec.epochs,
              "lr": spec.lr, "seconds": time.perf_counter() - start,
              "train_loss": result.get("train_loss")}
-    report_with_weights(final, model)
+    return final, model
 
 
 def winner_model(setup: TrialSetup, baseline_state: dict, winner_state: dict | None, widths,
