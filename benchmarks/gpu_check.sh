@@ -26,8 +26,9 @@ if ! $PY -c "import ray.tune, structsearch" 2>/dev/null; then
   fi
 fi
 
-DEVICE=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
-GPU_NAME=$($PY -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')")
+# One interpreter for both (importing torch takes seconds): the device, then the card's name.
+{ read -r DEVICE; read -r GPU_NAME; } < <($PY -c "import torch; c = torch.cuda.is_available()
+print('cuda' if c else 'cpu'); print(torch.cuda.get_device_name(0) if c else 'none')")
 echo "device: $DEVICE ($GPU_NAME)"
 
 BENCH_ARGS=(--device "$DEVICE" --json "$OUTDIR/gpu_candidates.json")
