@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from . import report
 from .config import Config
-from .preflight import Prepared
+from .preflight import Prepared, say
 from .needs import seed_proposals
+from .surgery import save_pruned
+
+# What a final-stage run's metrics.json keeps.
+FINAL_METRICS = ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")
 
 
 def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
@@ -56,3 +63,22 @@ def run_dir_of(p: Prepared, run: dict) -> Path:
     if run.get("source") == "oneshot":
         return p.run_dir / "oneshot" / run["name"].replace(":", "_").replace("@", "_")
     return p.run_dir / "winner" / run["protocol"]
+
+
+def measure_untrained(p: Prepared, runs: dict, setup, baseline_state: dict,
+                      winner_state: dict) -> dict:
+    """Take the runs with nothing to train (the winner's 0-epoch fine-tune) out of ``runs`` and
+    measure each here, as the search left it, without a Ray trial; returns their entries."""
+    from trainables.final import final_run, trains_nothing
+
+    done = {}
+    for key in [k for k, r in runs.items() if trains_nothing(r)]:
+        run = runs.pop(key)
+        with torch.random.fork_rng():
+            entry, model = final_run(run, setup, baseline_state, winner_state, p.splits, p.device)
+        say(f"final: {key} {run['epochs']} ep: val {100 * entry['val_acc']:.2f}%")
+        out = run_dir_of(p, run)
+        save_pruned(model.cpu(), p.space, run["widths"], out)
+        done[key] = {k: entry.get(k) for k in FINAL_METRICS}
+        report.write_json(done[key], out / "metrics.json")
+    return done

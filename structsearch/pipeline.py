@@ -27,7 +27,7 @@ from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
-from .finalruns import final_runs, oneshot_runs, run_dir_of
+from .finalruns import FINAL_METRICS, final_runs, measure_untrained, oneshot_runs, run_dir_of
 from .reevaluate import stage_reevaluate
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
@@ -255,37 +255,20 @@ def finish_journal(recorder, path: Path, searcher, core) -> Journal:
     return journal
 
 
-FINAL_METRICS = ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")
-
-
 def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state: dict) -> dict:
     """The winner trained by every protocol, in parallel; RUN_DIR/winner/<protocol>/."""
     from ray import tune
 
-    from trainables.final import final_run, final_trainable, trains_nothing
+    from trainables.final import final_trainable
 
     from .tuning import Progress
-    done = {}
     every = final_runs(p.cfg, baseline, winner) + oneshot_runs(p)
-    for run in every:
-        file = run_dir_of(p, run) / "metrics.json"
-        if file.is_file():
-            done[run["key"]] = json.loads(file.read_text())
+    files = {r["key"]: run_dir_of(p, r) / "metrics.json" for r in every}
+    done = {k: json.loads(f.read_text()) for k, f in files.items() if f.is_file()}  # resumed
     runs = {r["key"]: r for r in every if r["key"] not in done}
-    if not runs:
-        return done
     state = {k: v.cpu() for k, v in p.model.state_dict().items()}
     setup = trial_setup(p, scores, baseline, twostage.fitness_after_search(p.cfg))
-    for key in [k for k, r in runs.items() if trains_nothing(r)]:
-        # Nothing to train: the winner as the search left it, measured here, not in a trial.
-        run = runs.pop(key)
-        with torch.random.fork_rng():
-            entry, model = final_run(run, setup, state, winner_state, p.splits, p.device)
-        say(f"final: {key} {run['epochs']} ep: val {100 * entry['val_acc']:.2f}%")
-        out = run_dir_of(p, run)
-        save_pruned(model.cpu(), p.space, run["widths"], out)
-        done[key] = {k: entry.get(k) for k in FINAL_METRICS}
-        report.write_json(done[key], out / "metrics.json")
+    done.update(measure_untrained(p, runs, setup, state, winner_state))
     if not runs:
         return done
     say("final: " + ", ".join(f"{k} {r['epochs']} ep" for k, r in runs.items()) + " in parallel")

@@ -11,8 +11,7 @@ def test_abc_with_seeds_and_random_control(tmp_path, ray_local):
 
     cfg = C.from_dict(digits_run(
         search={"searcher": "abc+random", "candidates": 26, "seeds": ["uniform", "global:l1"],
-                "abc": {"food_number": 3, "food_limit": 1, "max_cycle": 2}},
-        final={"finetune_epochs": 1}))
+                "abc": {"food_number": 3, "food_limit": 1, "max_cycle": 2}}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     rows = read_candidates(run / "candidates.csv")
     origins = {r["origin"] for r in rows}

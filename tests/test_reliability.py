@@ -201,6 +201,12 @@ def test_same_config_same_candidates(tmp_path, ray_local):
     a, b = (read_candidates(r / "candidates.csv") for r in runs)
     assert [r["widths"] for r in a] == [r["widths"] for r in b]
     assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]
+    # A 0-epoch fine-tune is the winner as the search left it, measured without a Ray trial.
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["finetune"]["val_acc"] == pytest.approx(summary["winner"]["val_acc"])
+    assert 0.1 < summary["finetune"]["test_acc"] <= 1.0
+    assert not (runs[0] / "tune" / "final").exists()
+    assert (runs[0] / "winner" / "finetune" / "weights.pt").is_file()
 
 
 def test_every_candidate_failing_stops_without_winner(tmp_path):
