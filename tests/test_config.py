@@ -106,3 +106,16 @@ def test_scratch_b_epochs_as_liu_et_al(config, capped):
     assert runs["scratch_b"]["epochs"] == expected
     assert runs["scratch_e"]["epochs"] == epochs
     assert (cfg.final.scratch_b_max_factor == 2) is capped
+
+
+def test_only_a_zero_epoch_finetune_is_measured_without_a_trial():
+    """The final stage's runs that skip Ray: the winner's 0-epoch fine-tune, and nothing else
+    (Scratch runs and the one-shot baselines always train)."""
+    from structsearch.pipeline import final_runs
+    from trainables.final import trains_nothing
+    cfg = C.from_dict({"baseline": {"epochs": 3}, "budget": {"macs_ratio": 0.3},
+                       "final": {"finetune_epochs": 0, "scratch": ["E", "B"]}})
+    runs = {r["protocol"]: r for r in final_runs(cfg, {"macs": 1000}, {"macs": 300, "widths": [1]})}
+    assert [p for p, r in runs.items() if trains_nothing(r)] == ["finetune"]
+    assert not trains_nothing(dict(runs["finetune"], epochs=1))
+    assert not trains_nothing(dict(runs["finetune"], source="oneshot"))

@@ -45,8 +45,9 @@ def final_run(run: dict, setup: TrialSetup, baseline_state: dict, winner_state: 
         model = oneshot_candidate(setup, baseline_state, widths, splits, device)
     else:
         model = winner_model(setup, baseline_state, winner_state, widths, run["protocol"])
-    if run.get("compile") and device.startswith("cuda"):
-        # One architecture trained for many epochs: compiling pays off here, unlike candidates.
+    if run.get("compile") and int(run["epochs"]) > 0 and device.startswith("cuda"):
+        # One architecture trained for many epochs: compiling pays off here, unlike candidates
+        # (and unlike a run that only measures).
         model = model.to(device)
         model.forward = torch.compile(model.forward)
     spec: TrainSpec = dataclasses.replace(setup.train, epochs=int(run["epochs"]), lr=float(run["lr"]),
