@@ -2,6 +2,7 @@
 baselines at the same budget by the winner's protocol (see ``final.baselines``)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -63,6 +64,12 @@ def run_dir_of(p: Prepared, run: dict) -> Path:
     if run.get("source") == "oneshot":
         return p.run_dir / "oneshot" / run["name"].replace(":", "_").replace("@", "_")
     return p.run_dir / "winner" / run["protocol"]
+
+
+def finished_runs(p: Prepared, runs: list[dict]) -> dict:
+    """The entries of the runs whose metrics.json an earlier attempt at this run wrote."""
+    files = {r["key"]: run_dir_of(p, r) / "metrics.json" for r in runs}
+    return {k: json.loads(f.read_text()) for k, f in files.items() if f.is_file()}
 
 
 def measure_untrained(p: Prepared, runs: dict, setup, baseline_state: dict,

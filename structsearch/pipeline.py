@@ -27,7 +27,7 @@ from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
-from .finalruns import FINAL_METRICS, final_runs, measure_untrained, oneshot_runs, run_dir_of
+from .finalruns import FINAL_METRICS, final_runs, finished_runs, measure_untrained, oneshot_runs, run_dir_of
 from .reevaluate import stage_reevaluate
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
@@ -263,9 +263,10 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
 
     from .tuning import Progress
     every = final_runs(p.cfg, baseline, winner) + oneshot_runs(p)
-    files = {r["key"]: run_dir_of(p, r) / "metrics.json" for r in every}
-    done = {k: json.loads(f.read_text()) for k, f in files.items() if f.is_file()}  # resumed
+    done = finished_runs(p, every)  # on --resume
     runs = {r["key"]: r for r in every if r["key"] not in done}
+    if not runs:
+        return done
     state = {k: v.cpu() for k, v in p.model.state_dict().items()}
     setup = trial_setup(p, scores, baseline, twostage.fitness_after_search(p.cfg))
     done.update(measure_untrained(p, runs, setup, state, winner_state))

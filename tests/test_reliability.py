@@ -223,7 +223,8 @@ def test_every_candidate_failing_stops_without_winner(tmp_path):
     assert all("injected fault" in r["error"] for r in rows)
     assert not (tmp_path / "run" / "winner").exists()
     # Ray logs each failed trial's own traceback; our verdict is the last line, and no
-    # traceback of the driver follows it.
+    # traceback of the driver follows it. The CLI prints "search failed:" only for the
+    # SearchFailed that run_search raises.
     last = [ln for ln in res.stderr.splitlines() if ln.strip()][-1]
     assert last.startswith("structsearch: search failed: every candidate failed (3 of 3)")
     assert "pipeline.py" not in res.stderr and "cli.py" not in res.stderr
