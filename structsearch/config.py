@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -169,6 +170,10 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+class _NotFinite(ConfigError):
+    pass
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
     origin = typing.get_origin(tp)
@@ -182,6 +187,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, key)
+            except _NotFinite:
+                raise  # a number of the right type, but nan or inf: say that, not the type
             except ConfigError as exc:
                 errors.append(exc)
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -196,14 +203,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads 62.7e6 (no sign in the exponent) as a string.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # every comparison with nan is False: stop it here
+                raise _NotFinite(f"{key}: must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -247,8 +259,38 @@ FOLDER_DATASETS = ("imagefolder", "imagenet")  # streamed from disk, cropped to 
 
 def _check(cfg: Config) -> None:
     _check_data_and_budget(cfg)
+    _check_training(cfg)
     _check_search(cfg)
     _check_final_and_sparsity(cfg)
+
+
+def _check_training(cfg: Config) -> None:
+    """Optimiser settings (our SGD skips torch's own checks), the seed, the tracer's limits."""
+    bad, b, f, sp = _bad, cfg.baseline, cfg.final, cfg.space
+    if cfg.seed < 0:
+        bad("seed", f"must be an integer >= 0, got {cfg.seed}")
+    if cfg.model.num_classes is not None and cfg.model.num_classes < 1:
+        bad("model.num_classes", f"must be >= 1 (or leave it out: the dataset's), got "
+                                 f"{cfg.model.num_classes}")
+    lrs = [("baseline.lr", b.lr), ("final.finetune_lr", f.finetune_lr)]
+    lrs += [("final.scratch_lr", f.scratch_lr)] if f.scratch_lr is not None else []
+    for key, lr in lrs:
+        if lr <= 0:
+            bad(key, f"must be > 0, got {lr}")
+    if not 0 <= b.momentum < 1:
+        bad("baseline.momentum", f"must be in [0, 1), got {b.momentum}")
+    if b.nesterov and b.momentum == 0:
+        bad("baseline.nesterov", "Nesterov momentum needs baseline.momentum > 0 (e.g. 0.9)")
+    if b.weight_decay < 0:
+        bad("baseline.weight_decay", f"must be >= 0, got {b.weight_decay}")
+    if not 0 <= b.label_smoothing < 1:
+        bad("baseline.label_smoothing", f"must be in [0, 1), got {b.label_smoothing}")
+    if sp.trace_timeout_s <= 0:
+        bad("space.trace_timeout_s", f"must be > 0 seconds, got {sp.trace_timeout_s}")
+    for pattern in sp.ignore:
+        if not isinstance(pattern, str):
+            bad("space.ignore", f"expected module names or glob patterns (strings), got "
+                                f"{pattern!r}")
 
 
 def _check_data_and_budget(cfg: Config) -> None:
@@ -354,11 +396,31 @@ def _check_final_and_sparsity(cfg: Config) -> None:
         kinds = {"slimming": {"s", "modules", "epochs"},
                  "group_lasso": {"lambda_n", "lambda_c", "modules", "include_linear", "epochs"}}
         kind = sparsity.get("kind")
-        if kind not in kinds:
-            bad("baseline.sparsity.kind", "choose slimming or group_lasso")
+        if not isinstance(kind, str) or kind not in kinds:
+            bad("baseline.sparsity.kind", f"choose slimming or group_lasso, got {kind!r}")
         extra = set(sparsity) - kinds[kind] - {"kind"}
         if extra:
             bad(f"baseline.sparsity.{sorted(extra)[0]}", f"not a parameter of {kind} ({', '.join(sorted(kinds[kind]))})")
+        _check_sparsity_values(sparsity)
+
+
+def _check_sparsity_values(sparsity: dict) -> None:
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    for key in ("s", "lambda_n", "lambda_c"):
+        if key in sparsity and not (number(sparsity[key]) and sparsity[key] >= 0):
+            _bad(f"baseline.sparsity.{key}", f"must be a finite number >= 0, got {sparsity[key]!r}")
+    epochs = sparsity.get("epochs", 0)
+    whole = isinstance(epochs, int) or (isinstance(epochs, float) and epochs.is_integer())
+    if isinstance(epochs, bool) or not whole or epochs < 0:
+        _bad("baseline.sparsity.epochs", f"must be an integer >= 0, got {epochs!r}")
+    modules = sparsity.get("modules", [])
+    if modules is not None and (not isinstance(modules, (list, tuple))
+                                or not all(isinstance(m, str) for m in modules)):
+        _bad("baseline.sparsity.modules", f"expected a list of module names or glob patterns, "
+                                          f"got {modules!r}")
+    if not isinstance(sparsity.get("include_linear", False), bool):
+        _bad("baseline.sparsity.include_linear", "expected true or false")
 
 
 def from_dict(data: Any) -> Config:

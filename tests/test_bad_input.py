@@ -96,6 +96,33 @@ CASES = [
     ("set-without-equals", BASE, ["--set", "seed"], ["--set", "key=value"]),
     ("set-into-scalar", BASE, ["--set", "seed.x=1"], ["seed", "not a section"]),
     ("set-bad-value", BASE, ["--set", "search.epochs=two"], ["search.epochs"]),
+    # Non-finite numbers: every comparison with nan is False, so no range check would see one.
+    ("budget-nan", patched(budget={"macs": float("nan")}), [], ["budget.macs", "finite", "nan"]),
+    ("ratio-nan", patched(budget={"macs_ratio": float("nan")}), [], ["budget.macs_ratio", "finite"]),
+    ("lr-inf-by-set", BASE, ["--set", "search.lr=inf"], ["search.lr", "finite"]),
+    ("cpu-nan", patched(search__resources={"cpu": float("nan"), "gpu": 0}), [],
+     ["search.resources.cpu", "finite"]),
+    ("scratch-factor-nan", patched(final={"scratch_b_max_factor": float("nan")}), [],
+     ["final.scratch_b_max_factor", "finite"]),
+    ("trace-timeout-nan", patched(space={"trace_timeout_s": float("nan")}), [],
+     ["space.trace_timeout_s", "finite"]),
+    # Optimiser settings: our SGD skips torch's checks, so a negative lr would climb the loss.
+    ("baseline-lr-negative", patched(baseline__lr=-0.1), [], ["baseline.lr", "> 0"]),
+    ("finetune-lr-zero", patched(final={"finetune_lr": 0}), [], ["final.finetune_lr", "> 0"]),
+    ("momentum-one", patched(baseline__momentum=1.0), [], ["baseline.momentum", "[0, 1)"]),
+    ("nesterov-without-momentum", patched(baseline__nesterov=True, baseline__momentum=0.0), [],
+     ["baseline.nesterov", "momentum"]),
+    ("weight-decay-negative", patched(baseline__weight_decay=-1e-4), [], ["baseline.weight_decay"]),
+    ("seed-negative", patched(seed=-1), [], ["seed", ">= 0"]),
+    ("num-classes-zero", patched(model={"name": "small_cnn", "num_classes": 0}), [],
+     ["model.num_classes", ">= 1"]),
+    ("ignore-not-names", patched(space={"ignore": [5]}), [], ["space.ignore", "strings"]),
+    ("sparsity-kind-list", patched(baseline__sparsity={"kind": ["slimming"]}), [],
+     ["baseline.sparsity.kind", "slimming"]),
+    ("sparsity-s-text", patched(baseline__sparsity={"kind": "slimming", "s": "big"}), [],
+     ["baseline.sparsity.s", "finite"]),
+    ("sparsity-epochs-negative", patched(baseline__sparsity={"kind": "group_lasso", "epochs": -1}),
+     [], ["baseline.sparsity.epochs", ">= 0"]),
 ]
 
 
