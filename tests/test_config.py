@@ -61,7 +61,10 @@ def test_dump_round_trip(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     cfg = C.load(path)
-    assert cfg.budget.macs_ratio is not None or cfg.budget.macs is not None
+    budgets = [k for k in ("macs_ratio", "macs", "params", "latency_ms")
+               if getattr(cfg.budget, k) is not None]
+    assert len(budgets) == 1, budgets
+    assert C.from_dict(cfg.to_dict()) == cfg, "what a run directory records loads back the same"
 
 
 def test_yaml_exponent_without_sign_is_a_float(tmp_path):

@@ -94,8 +94,8 @@ def test_json_state_with_trials_in_flight_continues_identically(space, name):
 
     rest_ref = _drive(ref, space, list(queue))
     rest = _drive(fresh, space, list(queue))
-    assert rest == rest_ref
-    assert fresh.history == ref.history and fresh.asked == ref.asked
+    assert rest == rest_ref  # may be empty: a schedule can end with the trials in flight
+    assert fresh.history and fresh.history == ref.history and fresh.asked == ref.asked
     assert _same(_saved(fresh), _saved(ref))
     assert ref.ask() == FINISHED and fresh.ask() == FINISHED
 

@@ -87,6 +87,7 @@ def test_rebuilt_scheduler_decides_as_the_original(codec):
     else:
         text = json.dumps(plain.encode(state))
         loaded = plain.decode(json.loads(text))
+    assert loaded == saved, "the saved state comes back whole"
 
     clone = make_scheduler(ASHA, state=loaded)
     assert state == saved, "saving does not change the scheduler's state"

@@ -92,7 +92,7 @@ def test_same_seed_same_proposals(space, name):
     budget = 0.4 * space.full_macs
     a = [p.widths for p in drive(build(name, space, limit=budget, num_candidates=8, seed=1), space)]
     b = [p.widths for p in drive(build(name, space, limit=budget, num_candidates=8, seed=1), space)]
-    assert a == b
+    assert a and a == b
 
 
 @pytest.mark.parametrize("name", NAMES)

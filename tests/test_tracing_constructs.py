@@ -156,8 +156,8 @@ def traced(model, **kwargs):
 
 
 def assert_prunes(model, space, vectors=4, seed=0):
-    """Random widths (and random kept channels): the pruned model runs, costs what the space
-    says, and computes the full model's function on the kept channels where that is exact."""
+    """Random width vectors (the first channels of each group kept): the pruned model runs,
+    and its MACs (counted by forward hooks) and parameters are what the space says."""
     rng = np.random.default_rng(seed)
     x = torch.randn(2, *SHAPE)
     for w in space.sample(rng, vectors):
