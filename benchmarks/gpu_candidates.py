@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     if args.tiny:
-        args.images, args.batch, args.packed, args.workers = 256, 64, [1, 2], 0
+        args.images, args.batch, args.packed, args.workers = 128, 32, [1, 2], 0
         args.models = ["cifar_resnet20"]
     if args.device == "cpu":
         # One thread per trial: two spinning threads on a busy core slow torch down tenfold.

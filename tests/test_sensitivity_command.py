@@ -50,7 +50,8 @@ def test_sensitivity_command_writes_curves_plot_and_widths(tmp_path):
     out = tmp_path / "sens"
     res = subprocess.run([sys.executable, "-m", "structsearch.cli", "sensitivity",
                           str(ROOT / "configs" / "demo.yaml"), "--out", str(out),
-                          "--set", "baseline.epochs=1"], capture_output=True, text=True, cwd=ROOT,
+                          "--set", "baseline.epochs=1", "--set", "data.name=digits"],
+                         capture_output=True, text=True, cwd=ROOT,
                          timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     rows = read_csv(out / "sensitivity.csv")
