@@ -85,21 +85,28 @@ def plain_epoch(model_name: str, n: int, device: str, batch: int, workers: int) 
 
 
 def _worker(args):
-    model_name, n, device, batch, barrier = args
+    model_name, n, device, batch, barrier, timeout = args
     if device == "cpu":
         torch.set_num_threads(1)  # packed CPU trials get one core each, as Ray gives them
-    barrier.wait()
+    barrier.wait(timeout)  # a sibling that never starts breaks the barrier instead of hanging
     return fast_epoch(model_name, n, device, batch)
 
 
-def packed(model_name: str, n: int, device: str, batch: int, k: int) -> float:
-    """Aggregate images/s of ``k`` concurrent candidate processes sharing one device."""
+def packed(model_name: str, n: int, device: str, batch: int, k: int, timeout: float) -> float:
+    """Aggregate images/s of ``k`` concurrent candidate processes sharing one device; a
+    worker that dies or stalls (out of memory) ends it after ``timeout`` seconds, not never."""
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         barrier = manager.Barrier(k)
         start = time.perf_counter()
         with ctx.Pool(k) as pool:
-            times = pool.map(_worker, [(model_name, n, device, batch, barrier)] * k)
+            job = pool.map_async(_worker, [(model_name, n, device, batch, barrier, timeout)] * k)
+            try:
+                times = job.get(timeout)
+            except mp.TimeoutError:
+                raise SystemExit(f"gpu_candidates: {k} packed trials of {model_name} did not "
+                                 f"finish in {timeout:.0f} s (a worker died or stalled); raise "
+                                 f"--timeout or pack fewer") from None
         wall = time.perf_counter() - start
     return k * n / max(times) if times else 0.0, wall
 
@@ -114,6 +121,8 @@ def main() -> None:
     parser.add_argument("--packed", nargs="*", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--tiny", action="store_true", help="a few hundred images, 1-2 packed trials")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--timeout", type=float, default=1800.0,
+                        help="seconds one packed measurement may take")
     args = parser.parse_args()
     if args.tiny:
         args.images, args.batch, args.packed, args.workers = 128, 32, [1, 2], 0
@@ -134,7 +143,7 @@ def main() -> None:
         entry = {"fast_s": fast, "plain_s": plain, "packed": {}}
         base = None
         for k in args.packed:
-            rate, wall = packed(model_name, args.images, dev, args.batch, k)
+            rate, wall = packed(model_name, args.images, dev, args.batch, k, args.timeout)
             base = base or rate
             entry["packed"][k] = rate
             print(f"  {k} packed: {rate:,.0f} img/s aggregate ({rate / base:.2f}x one trial)")
