@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .registry import Registry
 
 __all__ = [
     "DataSpec",
+    "DatasetCorrupt",
     "DatasetNotFound",
     "FolderSplit",
     "Split",
@@ -43,6 +45,10 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 class DatasetNotFound(FileNotFoundError):
     """A dataset's files are missing and downloading is off or impossible."""
+
+
+class DatasetCorrupt(DatasetNotFound):
+    """A dataset's file is there but unreadable (truncated, not the format, or code in it)."""
 
 
 @dataclass(frozen=True)
@@ -598,9 +604,42 @@ _CIFAR_FILES = {
 }
 
 
-def _cifar(spec: DataSpec, *, num_classes: int, mean: tuple, std: tuple) -> Splits:
-    import torchvision
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR's "python version" batches are pickles: a dict of bytes, lists and one uint8 array.
+    Only the globals that rebuild numpy arrays can be looked up, so a file cannot run code."""
 
+    # numpy's array rebuilds (protocol 2 and 5), and codecs.encode (how protocol 2 writes bytes
+    # from Python 3): pure data transforms.
+    ALLOWED = {("numpy._core.multiarray", "_reconstruct"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        module = module.replace("numpy.core.", "numpy._core.")  # pickled by numpy 1.x
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch "
+                                         f"never does (refused: loading it could run code)")
+        return super().find_class(module, name)
+
+
+def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels of one CIFAR python batch, read without pickle's
+    code execution; anything else is a one-line :class:`DatasetCorrupt`."""
+    fix = "download it again (data.download: true into an empty data.root)"
+    try:
+        with open(path, "rb") as fh:
+            batch = _ArrayUnpickler(fh, encoding="latin1").load()
+        images = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except Exception as exc:  # noqa: BLE001 - truncated, wrong format, refused: all one answer
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetCorrupt(f"{path} is not a readable CIFAR batch ({why}); {fix}") from None
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or labels.shape != (len(images),):
+        raise DatasetCorrupt(f"{path} holds {images.shape} images and {labels.shape} labels, "
+                             f"not (N, 3072) and (N,); {fix}")
+    return images.reshape(-1, 3, 32, 32), labels
+
+
+def _cifar(spec: DataSpec, *, num_classes: int, mean: tuple, std: tuple) -> Splits:
     root = Path(spec.root).expanduser().resolve()
     folder, files = _CIFAR_FILES[spec.name]
     present = all((root / folder / f).is_file() for f in files)
@@ -609,15 +648,24 @@ def _cifar(spec: DataSpec, *, num_classes: int, mean: tuple, std: tuple) -> Spli
             f"dataset {spec.name!r} not found at {root / folder}: set data.download: true "
             f"or point data.root at a folder containing {folder}"
         )
-    cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
+    if not present:  # the archive is checked against its published MD5 before it is unpacked
+        import torchvision
+        cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
+        torchvision.datasets.utils.download_and_extract_archive(
+            cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+    label_key = "labels" if num_classes == 10 else "fine_labels"
 
-    def read(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        ds = cls(str(root), train=train, download=spec.download and not present)
-        x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        return x, torch.as_tensor(ds.targets, dtype=torch.int64)
+    def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [_cifar_batch(root / folder / name, label_key) for name in names]
+        x = np.concatenate([images for images, _ in parts])
+        y = np.concatenate([labels for _, labels in parts])
+        if y.min() < 0 or y.max() >= num_classes:
+            raise DatasetCorrupt(f"{root / folder}: labels outside 0..{num_classes - 1} "
+                                 f"(found {y.min()}..{y.max()}): is this {spec.name}?")
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
-    x, y = read(True)
-    test_x, test_y = read(False)
+    x, y = read(files[:-1])
+    test_x, test_y = read(files[-1:])
     return _in_memory_splits(
         spec,
         x=x,

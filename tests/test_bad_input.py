@@ -280,6 +280,21 @@ for _kind in ["pickled-code", "truncated", "wrong-shapes", "missing"]:
 
 
 @scenario
+def cifar_batch_with_code(d):
+    """A CIFAR folder whose first batch would run code when unpickled: refused, never run."""
+    import pickle
+    folder = d / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps({"data": Payload(), "labels": [0]}, protocol=2))
+    path = config_file(d, patched(data={"name": "cifar10", "root": str(d / "cifar")}))
+
+    def check(d, res):
+        assert "code ran" not in res.stdout
+    return ["search", path, "--out", d / "run"], ["data_batch_1", "refused", "download"], check
+
+
+@scenario
 def non_empty_run_dir_refused(d):
     out = d / "run"
     out.mkdir()

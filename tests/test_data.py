@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from structsearch import data
-from structsearch.data import DataSpec, DatasetNotFound, Split
+from structsearch.data import DataSpec, DatasetCorrupt, DatasetNotFound, Split
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,65 @@ def test_missing_cifar_root_names_path_and_fix(tmp_path):
     assert "\n" not in message
     assert str(root) in message and "download" in message and "cifar-10-batches-py" in message
     assert isinstance(info.value, FileNotFoundError)
+
+
+def write_cifar10(root, per_batch=30, seed=0):
+    """A CIFAR-10 "python version" folder in the published layout (dict pickles, protocol 2),
+    with random images: what each pixel is, is known to the test."""
+    import pickle
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        images = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per_batch)]
+        with open(folder / name, "wb") as fh:
+            pickle.dump({"batch_label": name, "labels": labels, "data": images,
+                         "filenames": [f"{name}-{i}.png" for i in range(per_batch)]}, fh, protocol=2)
+        written[name] = (images, labels)
+    return folder, written
+
+
+class Planted:
+    """Unpickling this calls os.mkdir: proof that the file ran code."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+        return (os.mkdir, (self.path,))
+
+
+def test_cifar_batches_are_read_as_published_without_running_code(tmp_path):
+    import pickle
+    folder, written = write_cifar10(tmp_path)
+    splits = data.load(DataSpec(name="cifar10", root=str(tmp_path), val_fraction=0.2, seed=0))
+    test_images, test_labels = written["test_batch"]
+    assert splits.test.x.shape == (30, 3, 32, 32) and splits.test.x.dtype == torch.uint8
+    np.testing.assert_array_equal(splits.test.x.numpy().reshape(30, -1), test_images)
+    assert splits.test.y.tolist() == test_labels
+    assert len(splits.train.y) + len(splits.val.y) == 5 * 30
+    # The training pool is the five data batches in order: each split image is one of them.
+    pool = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
+    idx = splits.val.source_indices
+    np.testing.assert_array_equal(splits.val.x.numpy().reshape(len(idx), -1), pool[idx])
+
+    # A batch that would run code when unpickled is refused, and the code never runs.
+    marker = tmp_path / "code-ran"
+    with open(folder / "data_batch_3", "wb") as fh:
+        pickle.dump({"data": Planted(marker), "labels": [0]}, fh, protocol=2)
+    with pytest.raises(DatasetCorrupt, match=r"data_batch_3 is not a readable CIFAR batch .*"
+                                             r"posix\.mkdir.*refused.*download it again"):
+        data.load(DataSpec(name="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+    # A truncated batch: one line naming the file and the fix.
+    (folder / "data_batch_3").write_bytes(pickle.dumps(written["data_batch_3"][0])[:100])
+    with pytest.raises(DatasetCorrupt) as info:
+        data.load(DataSpec(name="cifar10", root=str(tmp_path)))
+    assert "data_batch_3" in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, DatasetNotFound), "the CLI's one-line bad-input path"
 
 
 def test_missing_image_folder_is_clear(tmp_path):
