@@ -38,6 +38,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -483,7 +484,20 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     tools = available_tools(args.tools)
     import torch
+    threads = torch.get_num_threads()
+    # A Ray this process had already started (a caller's, a test session's) is left running.
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     torch.set_num_threads(1)  # a shared machine: one intra-op thread trains fastest and steadiest
+    try:
+        _main(args, tools)
+    finally:
+        torch.set_num_threads(threads)
+        if "structsearch" in tools and not ray_before:
+            import ray
+            ray.shutdown()
+
+
+def _main(args, tools) -> None:
     root = Path(args.out or tempfile.mkdtemp(prefix="structsearch-peers-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
     print(header(args, tools), flush=True)
@@ -499,9 +513,6 @@ def main(argv=None) -> None:
         Path(args.json).write_text(json.dumps(
             {"args": vars(args), "tools": tools, "records": records, "table": figures,
              "markdown": text}, indent=2, default=str))
-    if "structsearch" in tools:
-        import ray
-        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ def table(name: str, results: dict) -> list[str]:
     return lines + [""]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="*", help=f"subset of {list(SETTINGS)}".replace("%", "%%"))
     parser.add_argument("--only", nargs="*", help=f"searcher rows (default: default abc random); "
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny run for the tests")
     parser.add_argument("--out", default=None, help="keep run directories here (reused)")
     parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = SETTINGS
     if args.quick:
         settings = QUICK

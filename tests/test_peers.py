@@ -2,7 +2,6 @@
 trained baseline, every architecture trained by the same protocol; --quick prints real figures."""
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,16 +21,19 @@ def load_peers():
     return module
 
 
-def test_peers_quick_prints_real_figures(tmp_path):
+def test_peers_quick_prints_real_figures(tmp_path, ray_local, capsys):
+    """In this process, on the session's Ray (the script leaves a Ray it did not start
+    running, and gives back the torch thread count it changed)."""
+    import torch
     figures_file, runs = tmp_path / "peers.json", tmp_path / "runs"
-    res = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json", str(figures_file),
-                          "--out", str(runs)], capture_output=True, text=True, timeout=600,
-                         cwd=ROOT)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    threads = torch.get_num_threads()
+    load_peers().main(["--quick", "--json", str(figures_file), "--out", str(runs)])
+    stdout = capsys.readouterr().out
+    assert ray_local.is_initialized() and torch.get_num_threads() == threads
     figures = json.loads(figures_file.read_text())
     assert figures["tools"] == ["structsearch", "torch_pruning"]
-    assert "| structsearch (default search) |" in res.stdout
-    assert "| Torch-Pruning global L1 |" in res.stdout
+    assert "| structsearch (default search) |" in stdout
+    assert "| Torch-Pruning global L1 |" in stdout
     (record,) = figures["records"]  # --quick: one seed
     # The script's counter agrees with the tests' own (fvcore conv + linear) on the baseline.
     from structsearch import models
