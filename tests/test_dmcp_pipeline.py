@@ -11,7 +11,9 @@ def test_dmcp_search_end_to_end(tmp_path, ray_local):
 
     cfg = C.from_dict(digits_run(
         search={"searcher": "dmcp", "params": {"dmcp": {"epochs": 4, "lr_weights": 0.05, "lr_arch": 0.2}}},
-        final={"finetune_epochs": 1, "finetune_lr": 0.01, "scratch": ["B"]}))
+        # The winner as the search left it (no final trial: tests/test_pipeline.py trains the
+        # final stage; nothing in it depends on the searcher).
+        final={"finetune_epochs": 0, "scratch": []}))
     run = run_search(cfg, out=str(tmp_path / "run"))
     chains = json.loads((run / "supernet" / "chains.json").read_text())
     assert len(chains["groups"]) == 4
@@ -26,4 +28,4 @@ def test_dmcp_search_end_to_end(tmp_path, ray_local):
         assert r["origin"] == "dmcp:ds-projected" or r["macs"] >= 0.99 * budget - 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["winner"]["origin"].startswith("dmcp:")
-    assert summary["scratch_b"]["test_acc"] > 0.1
+    assert summary["finetune"]["test_acc"] > 0.1
