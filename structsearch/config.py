@@ -401,15 +401,21 @@ def _check_final_and_sparsity(cfg: Config) -> None:
         extra = set(sparsity) - kinds[kind] - {"kind"}
         if extra:
             bad(f"baseline.sparsity.{sorted(extra)[0]}", f"not a parameter of {kind} ({', '.join(sorted(kinds[kind]))})")
-        _check_sparsity_values(sparsity)
+        # A copy with the strengths as floats (YAML 1.1 reads 1e-4, with no dot, as a string).
+        object.__setattr__(cfg.baseline, "sparsity", _check_sparsity_values(dict(sparsity)))
 
 
-def _check_sparsity_values(sparsity: dict) -> None:
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _check_sparsity_values(sparsity: dict) -> dict:
     for key in ("s", "lambda_n", "lambda_c"):
-        if key in sparsity and not (number(sparsity[key]) and sparsity[key] >= 0):
-            _bad(f"baseline.sparsity.{key}", f"must be a finite number >= 0, got {sparsity[key]!r}")
+        if key in sparsity:
+            value = sparsity[key]
+            try:
+                number = None if isinstance(value, bool) else float(value)
+            except (TypeError, ValueError):
+                number = None
+            if number is None or not math.isfinite(number) or number < 0:
+                _bad(f"baseline.sparsity.{key}", f"must be a finite number >= 0, got {value!r}")
+            sparsity[key] = number
     epochs = sparsity.get("epochs", 0)
     whole = isinstance(epochs, int) or (isinstance(epochs, float) and epochs.is_integer())
     if isinstance(epochs, bool) or not whole or epochs < 0:
@@ -421,6 +427,7 @@ def _check_sparsity_values(sparsity: dict) -> None:
                                           f"got {modules!r}")
     if not isinstance(sparsity.get("include_linear", False), bool):
         _bad("baseline.sparsity.include_linear", "expected true or false")
+    return sparsity
 
 
 def from_dict(data: Any) -> Config:

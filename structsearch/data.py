@@ -614,11 +614,14 @@ class _ArrayUnpickler(pickle.Unpickler):
                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
-        module = module.replace("numpy.core.", "numpy._core.")  # pickled by numpy 1.x
-        if (module, name) not in self.ALLOWED:
+        current = module.replace("numpy.core.", "numpy._core.")  # numpy 2's name for it
+        if (current, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch "
                                          f"never does (refused: loading it could run code)")
-        return super().find_class(module, name)
+        try:
+            return super().find_class(current, name)
+        except ImportError:  # numpy 1.x, before numpy._core existed
+            return super().find_class(current.replace("numpy._core.", "numpy.core."), name)
 
 
 def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:

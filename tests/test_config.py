@@ -122,3 +122,12 @@ def test_only_a_zero_epoch_finetune_is_measured_without_a_trial():
     assert [p for p, r in runs.items() if trains_nothing(r)] == ["finetune"]
     assert not trains_nothing(dict(runs["finetune"], epochs=1))
     assert not trains_nothing(dict(runs["finetune"], source="oneshot"))
+
+
+def test_sparsity_strengths_written_without_a_dot_are_numbers(tmp_path):
+    # README's own example: YAML 1.1 reads 1e-4 (no dot) as a string.
+    f = tmp_path / "c.yaml"
+    f.write_text("budget: {macs_ratio: 0.5}\nbaseline: {sparsity: {kind: slimming, s: 1e-4}}\n")
+    cfg = C.load(f)
+    assert cfg.baseline.sparsity == {"kind": "slimming", "s": 1e-4}
+    assert C.from_dict(cfg.to_dict()) == cfg
