@@ -258,10 +258,32 @@ FOLDER_DATASETS = ("imagefolder", "imagenet")  # streamed from disk, cropped to 
 
 
 def _check(cfg: Config) -> None:
+    _check_finite_in_mappings(cfg)
     _check_data_and_budget(cfg)
     _check_training(cfg)
     _check_search(cfg)
     _check_final_and_sparsity(cfg)
+
+
+# The free-form mappings (a searcher's or criterion's parameters, a factory's keyword arguments)
+# are checked by whoever takes them; nan and inf are refused here for all of them at once.
+_MAPPINGS = ("model.kwargs", "data.kwargs", "baseline.sparsity", "search.params", "search.abc",
+             "search.criteria", "search.fault_injection")
+
+
+def _check_finite_in_mappings(cfg: Config) -> None:
+    def walk(value, key):
+        if isinstance(value, float) and not math.isfinite(value):
+            _bad(key, f"must be a finite number, got {value!r}")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{key}.{k}")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{key}[{i}]")
+    for dotted in _MAPPINGS:
+        section, name = dotted.split(".")
+        walk(getattr(getattr(cfg, section), name), dotted)
 
 
 def _check_training(cfg: Config) -> None:

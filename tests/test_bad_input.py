@@ -106,6 +106,10 @@ CASES = [
      ["final.scratch_b_max_factor", "finite"]),
     ("trace-timeout-nan", patched(space={"trace_timeout_s": float("nan")}), [],
      ["space.trace_timeout_s", "finite"]),
+    ("abc-param-nan", patched(search__searcher="abc", search__abc={"limit": float("nan")}), [],
+     ["search.abc.limit", "finite"]),
+    ("model-kwarg-inf", patched(model={"name": "small_cnn", "kwargs": {"width_mult": float("inf")}}),
+     [], ["model.kwargs.width_mult", "finite"]),
     # Optimiser settings: our SGD skips torch's checks, so a negative lr would climb the loss.
     ("baseline-lr-negative", patched(baseline__lr=-0.1), [], ["baseline.lr", "> 0"]),
     ("finetune-lr-zero", patched(final={"finetune_lr": 0}), [], ["final.finetune_lr", "> 0"]),
