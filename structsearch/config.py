@@ -41,6 +41,9 @@ class DataConfig:
     augment: bool | None = None  # None: the dataset's default
     kwargs: dict = field(default_factory=dict)  # arguments of a package.module:factory entry point
     image_size: int | None = None  # image folders: crop side (None: 224, ImageNet's)
+    # image folders: per-channel mean and std of the pixels in [0, 1] (empty: ImageNet's)
+    mean: tuple = ()
+    std: tuple = ()
     workers: int = 8  # image folders: DataLoader worker processes per training process
 
 
@@ -330,6 +333,7 @@ def _check_data_and_budget(cfg: Config) -> None:
                                    f"{d.name}'s images keep their own size, so remove the key")
         if not 8 <= d.image_size <= 4096:
             bad("data.image_size", f"must be a crop side in pixels in [8, 4096], got {d.image_size}")
+    _check_normalisation(d)
     if cfg.baseline.epochs < 0:
         bad("baseline.epochs", f"must be >= 0, got {cfg.baseline.epochs}")
     for key, sched in (("baseline.schedule", cfg.baseline.schedule), ("search.schedule", s.schedule)):
@@ -356,6 +360,22 @@ def _check_data_and_budget(cfg: Config) -> None:
         bad("space.round_to", f"expected auto or an integer >= 1, got {sp.round_to!r}")
     if not 0 < sp.min_ratio <= 1:
         bad("space.min_ratio", f"must be in (0, 1], got {sp.min_ratio}")
+
+
+def _check_normalisation(d: DataConfig) -> None:
+    if not (d.mean or d.std):
+        return
+    if d.name not in FOLDER_DATASETS:
+        _bad("data.mean" if d.mean else "data.std",
+             f"only image folders ({', '.join(FOLDER_DATASETS)}) take their normalisation from "
+             f"the config; {d.name} has its own, so remove the key")
+    for key, values, low in (("data.mean", d.mean, 0.0), ("data.std", d.std, 1e-6)):
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v) and low <= v <= 1]
+        if len(values) != 3 or len(numbers) != 3:
+            _bad(key, f"expected 3 numbers (R, G, B) in [{low:g}, 1] for pixels scaled to "
+                      f"[0, 1], e.g. ImageNet's mean [0.485, 0.456, 0.406] and std "
+                      f"[0.229, 0.224, 0.225]; set both or neither, got {list(values)}")
 
 
 def _check_search(cfg: Config) -> None:

@@ -69,6 +69,8 @@ class DataSpec:
     workers: int = 8
     kwargs: str = "{}"  # JSON of an entry point's keyword arguments (data.kwargs)
     image_size: int | None = None  # image folders: the crop side (None: 224)
+    mean: tuple[float, ...] = ()  # image folders: per-channel mean in [0, 1] (empty: ImageNet's)
+    std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -715,8 +717,8 @@ def _image_folder(spec: DataSpec) -> Splits:
     def make(samples: list, pos: np.ndarray, pool: str) -> FolderSplit:
         return FolderSplit(
             samples=tuple(samples[i] for i in pos),
-            mean=_IMAGENET_MEAN,
-            std=_IMAGENET_STD,
+            mean=tuple(spec.mean) or _IMAGENET_MEAN,
+            std=tuple(spec.std) or _IMAGENET_STD,
             source_indices=pos,
             pool=pool,
             workers=spec.workers,

@@ -44,7 +44,8 @@ def data_spec_of(cfg: Config) -> data_mod.DataSpec:
     return data_mod.DataSpec(name=d.name, root=d.root, download=d.download, val_fraction=d.val_fraction,
                              batch_size=d.batch_size, seed=cfg.seed, augment=d.augment,
                              kwargs=json.dumps(d.kwargs, sort_keys=True), image_size=d.image_size,
-                             workers=d.workers)
+                             workers=d.workers, mean=tuple(float(v) for v in d.mean),
+                             std=tuple(float(v) for v in d.std))
 
 
 def load_data(cfg: Config) -> tuple[data_mod.DataSpec, data_mod.Splits]:

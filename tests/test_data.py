@@ -235,6 +235,38 @@ def test_cifar_batches_are_read_as_published_without_running_code(tmp_path):
     assert isinstance(info.value, DatasetNotFound), "the CLI's one-line bad-input path"
 
 
+def test_image_folder_is_normalised_with_the_configured_statistics(tmp_path):
+    """data.mean / data.std reach the folder split: a flat-colour picture comes out as
+    (pixel / 255 - mean) / std per channel; without them, ImageNet's statistics."""
+    from PIL import Image
+
+    from structsearch import config as C
+    from structsearch.preflight import data_spec_of
+    colour = np.array([200, 100, 30], dtype=np.uint8)
+    for pool in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = tmp_path / pool / cls
+            folder.mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(np.tile(colour, (12, 12, 1))).save(folder / f"{i}.png")
+    mean, std = [0.5, 0.25, 0.1], [0.2, 0.3, 0.4]
+    cfg = C.from_dict({"data": {"name": "imagefolder", "root": str(tmp_path), "image_size": 8,
+                                "workers": 0, "mean": mean, "std": std},
+                       "budget": {"macs_ratio": 0.5}})
+    for spec, (m, sd) in ((data_spec_of(cfg), (mean, std)),
+                          (DataSpec(name="imagefolder", root=str(tmp_path), image_size=8,
+                                    workers=0), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))):
+        x, _ = next(data.load(spec).test.batches(4, shuffle=False, augment=False))
+        expected = (colour / 255.0 - np.array(m)) / np.array(sd)
+        np.testing.assert_allclose(x[0, :, 4, 4].numpy(), expected, rtol=1e-5)
+    with pytest.raises(C.ConfigError, match=r"data\.std: expected 3 numbers"):
+        C.from_dict({"data": {"name": "imagefolder", "mean": mean, "std": [0.2, 0.0, 0.4]},
+                     "budget": {"macs_ratio": 0.5}})
+    with pytest.raises(C.ConfigError, match=r"data\.mean: only image folders"):
+        C.from_dict({"data": {"name": "digits", "mean": mean, "std": std},
+                     "budget": {"macs_ratio": 0.5}})
+
+
 def test_missing_image_folder_is_clear(tmp_path):
     with pytest.raises(DatasetNotFound, match="train/"):
         data.load(DataSpec(name="imagenet", root=str(tmp_path)))
