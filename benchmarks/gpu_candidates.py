@@ -12,6 +12,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import threading
 import time
 
 import numpy as np
@@ -103,7 +104,7 @@ def packed(model_name: str, n: int, device: str, batch: int, k: int, timeout: fl
             job = pool.map_async(_worker, [(model_name, n, device, batch, barrier, timeout)] * k)
             try:
                 times = job.get(timeout)
-            except mp.TimeoutError:
+            except (mp.TimeoutError, threading.BrokenBarrierError):  # a sibling never came
                 raise SystemExit(f"gpu_candidates: {k} packed trials of {model_name} did not "
                                  f"finish in {timeout:.0f} s (a worker died or stalled); raise "
                                  f"--timeout or pack fewer") from None

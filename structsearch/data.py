@@ -38,6 +38,7 @@ __all__ = [
     "load",
     "names",
     "register",
+    "unpublished_files",
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -642,6 +643,27 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetCorrupt(f"{path} holds {images.shape} images and {labels.shape} labels, "
                              f"not (N, 3072) and (N,); {fix}")
     return images.reshape(-1, 3, 32, 32), labels
+
+
+def unpublished_files(spec: DataSpec) -> list[str]:
+    """The files of a CIFAR folder whose MD5 differs from the published one (a modified or
+    damaged copy; they still load if they parse). Other datasets have none to compare."""
+    if spec.name not in _CIFAR_FILES:
+        return []
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if spec.name == "cifar10" else torchvision.datasets.CIFAR100
+    folder = Path(spec.root).expanduser().resolve() / _CIFAR_FILES[spec.name][0]
+    differ = []
+    for name, md5 in cls.train_list + cls.test_list:
+        path = folder / name
+        if path.is_file():
+            digest = hashlib.md5(usedforsecurity=False)
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != md5:
+                differ.append(name)
+    return differ
 
 
 def _cifar(spec: DataSpec, *, num_classes: int, mean: tuple, std: tuple) -> Splits:

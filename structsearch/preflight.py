@@ -56,7 +56,12 @@ def load_data(cfg: Config) -> tuple[data_mod.DataSpec, data_mod.Splits]:
     if cfg.data.kwargs and ":" not in cfg.data.name:
         raise ConfigError(f"data.kwargs: only an entry point (package.module:factory) takes "
                           f"arguments; {cfg.data.name} does not")
-    return spec, data_mod.load(spec)
+    splits = data_mod.load(spec)
+    differ = data_mod.unpublished_files(spec)  # the driver only: trials load the same files
+    if differ:
+        say(f"note: {', '.join(differ)} in {spec.root} differ from the published {spec.name} "
+            f"files (a modified or damaged copy?); they parse as CIFAR batches, so the run goes on")
+    return spec, splits
 
 
 def build_model(cfg: Config, splits: data_mod.Splits) -> tuple[torch.nn.Module, dict]:

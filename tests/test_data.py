@@ -208,7 +208,10 @@ class Planted:
 def test_cifar_batches_are_read_as_published_without_running_code(tmp_path):
     import pickle
     folder, written = write_cifar10(tmp_path)
-    splits = data.load(DataSpec(name="cifar10", root=str(tmp_path), val_fraction=0.2, seed=0))
+    spec = DataSpec(name="cifar10", root=str(tmp_path), val_fraction=0.2, seed=0)
+    splits = data.load(spec)
+    # Random pictures are not the published files: each differs from its published MD5.
+    assert data.unpublished_files(spec) == [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     test_images, test_labels = written["test_batch"]
     assert splits.test.x.shape == (30, 3, 32, 32) and splits.test.x.dtype == torch.uint8
     np.testing.assert_array_equal(splits.test.x.numpy().reshape(30, -1), test_images)
