@@ -369,10 +369,13 @@ def _check_normalisation(d: DataConfig) -> None:
         _bad("data.mean" if d.mean else "data.std",
              f"only image folders ({', '.join(FOLDER_DATASETS)}) take their normalisation from "
              f"the config; {d.name} has its own, so remove the key")
+    def in_range(v, key, low) -> bool:
+        try:
+            return low <= _coerce(v, float, key) <= 1
+        except ConfigError:
+            return False
     for key, values, low in (("data.mean", d.mean, 0.0), ("data.std", d.std, 1e-6)):
-        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v) and low <= v <= 1]
-        if len(values) != 3 or len(numbers) != 3:
+        if len(values) != 3 or not all(in_range(v, key, low) for v in values):
             _bad(key, f"expected 3 numbers (R, G, B) in [{low:g}, 1] for pixels scaled to "
                       f"[0, 1], e.g. ImageNet's mean [0.485, 0.456, 0.406] and std "
                       f"[0.229, 0.224, 0.225]; set both or neither, got {list(values)}")
@@ -450,13 +453,13 @@ def _check_final_and_sparsity(cfg: Config) -> None:
 def _check_sparsity_values(sparsity: dict) -> dict:
     for key in ("s", "lambda_n", "lambda_c"):
         if key in sparsity:
-            value = sparsity[key]
+            value, full = sparsity[key], f"baseline.sparsity.{key}"
             try:
-                number = None if isinstance(value, bool) else float(value)
-            except (TypeError, ValueError):
-                number = None
-            if number is None or not math.isfinite(number) or number < 0:
-                _bad(f"baseline.sparsity.{key}", f"must be a finite number >= 0, got {value!r}")
+                number = _coerce(value, float, full)  # a number, or a string such as 1e-4
+            except ConfigError:
+                number = -1.0  # not a finite number: the message of a negative one
+            if number < 0:
+                _bad(full, f"must be a finite number >= 0, got {value!r}")
             sparsity[key] = number
     epochs = sparsity.get("epochs", 0)
     whole = isinstance(epochs, int) or (isinstance(epochs, float) and epochs.is_integer())

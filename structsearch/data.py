@@ -645,25 +645,22 @@ def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     return images.reshape(-1, 3, 32, 32), labels
 
 
+def _cifar_class(name: str):
+    """torchvision's class for ``name``: its download address and published checksums."""
+    import torchvision
+    return torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+
+
 def unpublished_files(spec: DataSpec) -> list[str]:
     """The files of a CIFAR folder whose MD5 differs from the published one (a modified or
     damaged copy; they still load if they parse). Other datasets have none to compare."""
     if spec.name not in _CIFAR_FILES:
         return []
-    import torchvision
-    cls = torchvision.datasets.CIFAR10 if spec.name == "cifar10" else torchvision.datasets.CIFAR100
+    from torchvision.datasets.utils import check_md5
+    cls = _cifar_class(spec.name)
     folder = Path(spec.root).expanduser().resolve() / _CIFAR_FILES[spec.name][0]
-    differ = []
-    for name, md5 in cls.train_list + cls.test_list:
-        path = folder / name
-        if path.is_file():
-            digest = hashlib.md5(usedforsecurity=False)
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != md5:
-                differ.append(name)
-    return differ
+    return [name for name, md5 in cls.train_list + cls.test_list
+            if (folder / name).is_file() and not check_md5(str(folder / name), md5)]
 
 
 def _cifar(spec: DataSpec, *, num_classes: int, mean: tuple, std: tuple) -> Splits:
@@ -676,10 +673,9 @@ def _cifar(spec: DataSpec, *, num_classes: int, mean: tuple, std: tuple) -> Spli
             f"or point data.root at a folder containing {folder}"
         )
     if not present:  # the archive is checked against its published MD5 before it is unpacked
-        import torchvision
-        cls = torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100
-        torchvision.datasets.utils.download_and_extract_archive(
-            cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+        from torchvision.datasets.utils import download_and_extract_archive
+        cls = _cifar_class(spec.name)
+        download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
     label_key = "labels" if num_classes == 10 else "fine_labels"
 
     def read(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
