@@ -28,12 +28,8 @@ def test_search_quality_quick_prints_the_paired_table(tmp_path, ray_local, capsy
     trained by one protocol, with the candidate-epochs each spent and the paired difference.
     In this process, on the session's Ray (the script's --help runs from the command line in
     the test below)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("search_quality_benchmark",
-                                                  ROOT / "benchmarks" / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--quick", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json")])
+    from scripts import load_benchmark
+    load_benchmark("search_quality").main(["--quick", "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "q.json")])
     assert "minus best one-shot, paired" in capsys.readouterr().out
     figures = json.loads((tmp_path / "q.json").read_text())["small_cnn@25% (digits)"]
     assert set(figures) == {"default", "one-shot uniform", "one-shot global:l1"}

@@ -2,23 +2,15 @@
 trained baseline, every architecture trained by the same protocol; --quick prints real figures."""
 import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from counters import count_macs
-
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "peers.py"
+from scripts import load_benchmark
 
 
 def load_peers():
-    spec = importlib.util.spec_from_file_location("peers_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("peers")
 
 
 def test_peers_quick_prints_real_figures(tmp_path, ray_local, capsys):
