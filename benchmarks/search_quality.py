@@ -49,6 +49,10 @@ SEARCHERS = {
     "nsga2": {"searcher": "nsga2"},
     # EagleEye's protocol: many candidates scored by adaptive BN, the best few trained.
     "two-stage": {"searcher": "abc", "fitness": "adaptive_bn"},
+    # The default searcher on finer width grids than `auto` (its own one-shot baselines are
+    # trained on that grid too, named with the row).
+    "default-round4": {"space": {"round_to": 4}},
+    "default-round1": {"space": {"round_to": 1}},
 }
 
 
@@ -56,7 +60,7 @@ def config(setting: dict, seed: int, row: dict, args, *, checkpoint: str | None,
            baselines: bool) -> dict:
     search = {"criterion": "l1", "epochs": args.search_epochs, "lr": 0.02, "concurrent": 2,
               "reevaluate": args.reevaluate, "reevaluate_seeds": 1}
-    search.update(row)
+    search.update({k: v for k, v in row.items() if k != "space"})
     # Equal training compute: candidate-epochs = (candidates + re-evaluation trials) x epochs.
     trained = max(args.candidate_epochs // args.search_epochs - args.reevaluate, 2)
     if row.get("fitness") == "adaptive_bn":
@@ -69,7 +73,7 @@ def config(setting: dict, seed: int, row: dict, args, *, checkpoint: str | None,
         "data": {"name": setting["data"], "batch_size": 64, "val_fraction": 0.1},
         "baseline": {"epochs": args.baseline_epochs, "lr": 0.1, "schedule": "cosine"},
         "budget": {"macs_ratio": setting["macs_ratio"]},
-        "space": {"round_to": "auto"},
+        "space": {"round_to": "auto", **row.get("space", {})},
         "search": search,
         "final": {"finetune_epochs": args.finetune_epochs, "finetune_lr": 0.01, "scratch": [],
                   "baselines": ["uniform", "global"] if baselines else []},
@@ -109,38 +113,58 @@ def run_setting(name: str, setting: dict, rows: dict, args, root: Path) -> dict:
             if not (out / "summary.json").is_file():
                 start = time.perf_counter()
                 cfg = C.from_dict(config(setting, seed, row, args, checkpoint=ckpt,
-                                         baselines=index == 0 or row_name == args.baselines_in))
+                                         baselines=index == 0 or row_name == args.baselines_in
+                                         or "space" in row))
                 run_search(cfg, out=str(out), resume=out.exists())
                 print(f"  {name} {row_name} seed {seed}: {time.perf_counter() - start:.0f} s",
                       flush=True)
             summary = json.loads((out / "summary.json").read_text())
             results.setdefault(row_name, []).append(summary)
+            grid = f" ({row_name})" if "space" in row else ""
             for key, entry in (summary.get("oneshot") or {}).items():
-                results.setdefault(f"one-shot {key}", []).append({"finetune": entry,
+                results.setdefault(f"one-shot {key}{grid}", []).append({"finetune": entry,
                                                                   "winner": entry, "seed": seed})
     return results
+
+
+def _grid_of(row: str) -> str:
+    """The width grid a result row ran on: "" for `auto`, else the row that overrides it."""
+    if row.startswith("one-shot"):
+        return row.split(" (", 1)[1].rstrip(")") if " (" in row else ""
+    return row if "space" in SEARCHERS.get(row, {}) else ""
 
 
 def table(name: str, results: dict) -> list[str]:
     shots = {k: v for k, v in results.items() if k.startswith("one-shot")}
     seeds = len(next(iter(shots.values()))) if shots else 0
-    best_base = [max(100 * v[i]["finetune"]["test_acc"] for v in shots.values())
-                 for i in range(seeds)]
+
+    def best(grid=None) -> list[float]:
+        pool = [v for k, v in shots.items() if grid is None or _grid_of(k) == grid]
+        return [max(100 * v[i]["finetune"]["test_acc"] for v in pool) for i in range(seeds)] \
+            if pool else []
+
+    def paired(tests, base) -> str:
+        if len(tests) != len(base) or not base:
+            return ""
+        dm, dse = mean_se([t - b for t, b in zip(tests, base)])
+        return f"{dm:+.2f} +- {dse:.2f}"
+
+    several = len({_grid_of(k) for k in shots}) > 1
     lines = [f"### {name}", "",
-             "| structure | runs | candidate-epochs | winner MACs % | fine-tuned test acc % "
-             "(mean +- SE) | minus best one-shot, paired (mean +- SE) |",
-             "|---|---|---|---|---|---|"]
+             "| structure | runs | candidate-epochs | winner MACs % | fine-tuned test % per seed "
+             "| mean +- SE | minus best one-shot, paired (mean +- SE) |"
+             + (" minus best one-shot of its grid, paired |" if several else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if several else "")]
     for row, sums in results.items():
         tests = [100 * s["finetune"]["test_acc"] for s in sums]
         m, se = mean_se(tests)
         ratio = statistics.mean(100 * s["winner"]["macs_ratio"] for s in sums)
         cost = "0" if row.startswith("one-shot") else \
             f"{statistics.mean(candidate_epochs(s) for s in sums):.0f}"
-        diff = ""
-        if len(tests) == len(best_base) and best_base:
-            dm, dse = mean_se([t - b for t, b in zip(tests, best_base)])
-            diff = f"{dm:+.2f} +- {dse:.2f}"
-        lines.append(f"| {row} | {len(tests)} | {cost} | {ratio:.1f} | {m:.2f} +- {se:.2f} | {diff} |")
+        own = f" {paired(tests, best(_grid_of(row)))} |" if several else ""
+        lines.append(f"| {row} | {len(tests)} | {cost} | {ratio:.1f} | "
+                     f"{' '.join(f'{t:.1f}' for t in tests)} | {m:.2f} +- {se:.2f} | "
+                     f"{paired(tests, best())} |{own}")
     return lines + [""]
 
 
