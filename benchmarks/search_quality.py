@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         if n not in SEARCHERS:
             parser.error(f"unknown searcher row {n!r}; choose from {list(SEARCHERS)}")
         row = SEARCHERS[n]
-        if n == "default" or searchers.available(row["searcher"]):
+        if "searcher" not in row or searchers.available(row["searcher"]):
             rows[n] = row
     default = C.SearchConfig().searcher
     if "default" in rows and default in rows:  # the same runs twice: keep one, named both
