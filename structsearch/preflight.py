@@ -231,12 +231,16 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
 
 
 def check_resources(cfg: Config, address: str | None) -> None:
-    """Per-trial resources a local machine cannot give (a cluster is checked by Ray itself)."""
+    """Per-trial resources that neither this machine nor, with ``address``, any node of the
+    cluster can give (Tune would wait for them for ever, warning now and then)."""
     if address and address.startswith("ray://"):
         raise ConfigError(f"--address {address}: Ray Client (ray://) is not supported, the search "
                           f"driver must run on a cluster node; run structsearch there with "
                           f"--address auto (or the head's host:6379)")
     if address:
+        from .tuning import cluster_nodes, init_ray
+        init_ray(address)  # joining is the only way to see the nodes
+        check_cluster(cfg, address, *cluster_nodes())
         return
     r = cfg.search.resources
     cpus = os.cpu_count() or 1
@@ -247,3 +251,19 @@ def check_resources(cfg: Config, address: str | None) -> None:
     if r.gpu > gpus:
         raise ConfigError(f"search.resources.gpu: {r.gpu:g} GPUs per trial but this machine has "
                           f"{gpus}; set search.resources.gpu: 0 or join a cluster with --address")
+
+
+def check_cluster(cfg: Config, address: str, nodes: list[dict], autoscaling: bool) -> None:
+    """One trial's ``search.resources`` must fit on one alive node of the cluster (``nodes``:
+    each node's resources); a cluster that can add nodes is only told what it must add."""
+    r = cfg.search.resources
+    if any(n.get("CPU", 0) >= r.cpu and n.get("GPU", 0) >= r.gpu for n in nodes):
+        return
+    have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "none"
+    wanted = f"search.resources: {r.cpu:g} CPU and {r.gpu:g} GPU per trial"
+    if autoscaling:
+        say(f"{wanted}, no node of the cluster at {address} has them yet (nodes: {have}); "
+            f"the search waits until the autoscaler adds one")
+        return
+    raise ConfigError(f"{wanted}, but no node of the cluster at {address} has that much (nodes: "
+                      f"{have}); lower search.resources or add a node that has them")

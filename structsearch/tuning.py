@@ -37,6 +37,14 @@ def init_ray(address: str | None) -> None:
     reinstall()  # ray.init replaced SIGTERM's handler; the command line wants its own
 
 
+def cluster_nodes() -> tuple[list[dict], bool]:
+    """The resources of each alive node of the joined cluster, and whether it autoscales (Ray's
+    cluster launcher leaves its bootstrap config on the head, which is what Tune checks too)."""
+    import ray
+    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    return nodes, (Path.home() / "ray_bootstrap_config.yaml").exists()
+
+
 def user_paths() -> list[str]:
     """The driver's ``sys.path`` directories outside the Python installation (the working
     directory, a test folder, a project added by hand): local workers import from them too."""

@@ -400,3 +400,26 @@ def test_bad_file(file_cases, name):
 def test_debug_flag_shows_traceback(file_cases):
     res = file_cases[0]["debug-traceback"]
     assert res.returncode == 2 and "Traceback" in res.stderr
+
+
+def test_cluster_without_a_node_for_one_trial(capsys):
+    """--address: a trial's search.resources must fit on one alive node; two nodes of 2 CPUs
+    do not make one 4-CPU trial, and a GPU trial needs a node with a GPU. An autoscaling
+    cluster only gets a note (the autoscaler may add the node)."""
+    from structsearch import config as C
+    from structsearch.preflight import check_cluster
+    cfg = C.from_dict({"budget": {"macs_ratio": 0.5}, "search": {"resources": {"cpu": 4, "gpu": 0}}})
+    nodes = [{"CPU": 2.0}, {"CPU": 2.0, "GPU": 0.0}]
+    with pytest.raises(C.ConfigError) as exc:
+        check_cluster(cfg, "10.0.0.1:6379", nodes, autoscaling=False)
+    line = str(exc.value)
+    assert "\n" not in line and "search.resources: 4 CPU and 0 GPU" in line
+    assert "10.0.0.1:6379" in line and "2 CPU/0 GPU, 2 CPU/0 GPU" in line
+    check_cluster(cfg, "auto", nodes + [{"CPU": 8.0}], autoscaling=False)  # one node fits
+    gpu = C.from_dict({"budget": {"macs_ratio": 0.5}, "search": {"resources": {"cpu": 1, "gpu": 1}}})
+    with pytest.raises(C.ConfigError, match="1 CPU and 1 GPU"):
+        check_cluster(gpu, "auto", [{"CPU": 16.0}, {"GPU": 1.0, "CPU": 0.0}], autoscaling=False)
+    check_cluster(gpu, "auto", [{"CPU": 16.0}, {"GPU": 2.0, "CPU": 4.0}], autoscaling=False)
+    capsys.readouterr()
+    check_cluster(gpu, "auto", [{"CPU": 16.0}], autoscaling=True)
+    assert "waits until the autoscaler adds one" in capsys.readouterr().out

@@ -72,6 +72,17 @@ def test_search_on_two_nodes_survives_a_worker_and_a_driver_kill(tmp_path, clust
     cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "run"
 
+    # 0. A trial that no node can hold (2 CPUs; each node has 1) is refused in one line
+    # before anything is trained, instead of Tune waiting for it for ever.
+    refused = subprocess.run([sys.executable, "-m", "structsearch.cli", "search", str(cfg),
+                              "--out", str(tmp_path / "refused"), "--address", address,
+                              "--set", "search.resources.cpu=2"], capture_output=True,
+                             text=True, timeout=180, env=dict(os.environ, RAY_AIR_NEW_OUTPUT="0"))
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "no node of the cluster" in refused.stderr and "1 CPU/0 GPU" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "baseline").exists()
+
     # 1. Trials run on both nodes; once each node has finished one, the worker node dies.
     proc = _driver(cfg, out, address)
     both = lambda: {head, worker} <= {r["node"] for r in _trials(out)}  # noqa: E731
