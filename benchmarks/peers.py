@@ -232,11 +232,12 @@ def run_modelopt(baseline, splits, target: float, min_ratio: float, batch_size: 
 # ------------------------------------------------------------------------------ the protocol
 def recipes(cfg) -> dict:
     """The TrainSpecs of the protocol, from the run's config (structsearch's final stage)."""
+    from structsearch.config import fine_tune_epochs
     from structsearch.pipeline import baseline_spec
     base = baseline_spec(cfg)
     return {"candidate": dataclasses.replace(base, epochs=cfg.search.epochs, lr=cfg.search.lr,
                                              schedule=cfg.search.schedule),
-            "finetune": dataclasses.replace(base, epochs=cfg.final.finetune_epochs,
+            "finetune": dataclasses.replace(base, epochs=fine_tune_epochs(cfg),
                                             lr=cfg.final.finetune_lr, schedule="constant"),
             "scratch": dataclasses.replace(base, lr=cfg.final.scratch_lr or base.lr)}
 
@@ -330,11 +331,12 @@ def prune_with(tool: str, args, cfg, splits, baseline, target: float, out: Path)
 
 def measure(pruned: Pruned, baseline, splits, cfg, seed: int, base_macs: int, quick: bool) -> dict:
     """The row figures of one tool at one seed, every one by the same counter and protocol."""
+    from structsearch.config import scratch_b_cap
     specs = recipes(cfg)
     macs, params = count(pruned.model, splits.input_shape)
     ft = finetuned(pruned, splits, specs, seed)
     sb, sb_epochs = scratch_b(pruned, splits, specs, seed, base_macs / macs,
-                              cfg.final.scratch_b_max_factor)
+                              scratch_b_cap(cfg))
     return {"macs": macs, "params": params, "macs_ratio": macs / base_macs,
             "widths": widths(pruned.model),
             "finetune_test_acc": ft, "scratch_b_test_acc": sb, "scratch_b_epochs": sb_epochs,

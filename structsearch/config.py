@@ -123,10 +123,13 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class FinalConfig:
-    finetune_epochs: int = 40
+    # None: Liu et al.'s CIFAR recipe (40 epochs after a 160-epoch baseline) scaled by this
+    # run's baseline.epochs (see fine_tune_epochs); a number is used as it is.
+    finetune_epochs: int | None = None
     finetune_lr: float = 0.001
     scratch: tuple = ("E", "B")
-    # Scratch-B's epoch factor cap: none on CIFAR (the paper), 2 on ImageNet-scale runs.
+    # Scratch-B's epoch factor cap; None: the paper's, none but on ImageNet (2), see
+    # scratch_b_cap. A large number uncaps ImageNet.
     scratch_b_max_factor: float | None = None
     scratch_lr: float | None = None  # None: baseline lr
     compile: bool = False  # torch.compile the final runs on CUDA (candidates never: new shapes each)
@@ -427,12 +430,33 @@ def _check_search(cfg: Config) -> None:
             bad(f"search.fault_injection.{key}", "expected keys 'raise'/'nan' with probabilities in [0, 1]")
 
 
+# Liu et al.'s CIFAR fine-tune: 40 epochs after a 160-epoch baseline.
+FINETUNE_EPOCHS, FINETUNE_PER_BASELINE_EPOCHS = 40, 160
+IMAGENET_SCRATCH_B_CAP = 2.0
+
+
+def fine_tune_epochs(cfg: Config) -> int:
+    """``final.finetune_epochs``, or when unset the CIFAR recipe's 40 scaled by the run's epoch
+    budget (``baseline.epochs`` / 160), at least one epoch."""
+    if cfg.final.finetune_epochs is not None:
+        return int(cfg.final.finetune_epochs)
+    return max(1, round(FINETUNE_EPOCHS * cfg.baseline.epochs / FINETUNE_PER_BASELINE_EPOCHS))
+
+
+def scratch_b_cap(cfg: Config) -> float | None:
+    """Scratch-B's epoch factor cap: ``final.scratch_b_max_factor``, or when unset Liu et al.'s
+    rule, 2x on ImageNet and none elsewhere."""
+    if cfg.final.scratch_b_max_factor is not None:
+        return float(cfg.final.scratch_b_max_factor)
+    return IMAGENET_SCRATCH_B_CAP if cfg.data.name == "imagenet" else None
+
+
 def _check_final_and_sparsity(cfg: Config) -> None:
     bad, f = _bad, cfg.final
     for kind in f.scratch:
         if kind not in ("E", "B"):
             bad("final.scratch", f"entries must be 'E' or 'B', got {kind!r}")
-    if f.finetune_epochs < 0:
+    if f.finetune_epochs is not None and f.finetune_epochs < 0:
         bad("final.finetune_epochs", f"must be >= 0, got {f.finetune_epochs}")
     if f.scratch_b_max_factor is not None and f.scratch_b_max_factor < 1:
         bad("final.scratch_b_max_factor", f"must be >= 1, got {f.scratch_b_max_factor}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from . import report
-from .config import Config
+from .config import Config, fine_tune_epochs, scratch_b_cap
 from .preflight import Prepared, say
 from .needs import seed_proposals
 from .surgery import save_pruned
@@ -20,19 +20,18 @@ FINAL_METRICS = ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")
 def final_runs(cfg: Config, baseline: dict, winner: dict) -> list[dict]:
     """The final stage's runs (Liu et al.): fine-tune, Scratch-E, Scratch-B (epochs scaled by
     baseline MACs / pruned MACs, as ``int()`` like the official code; capped by
-    ``final.scratch_b_max_factor`` when set: Liu et al. cap at 2x on ImageNet only)."""
+    :func:`~structsearch.config.scratch_b_cap`: Liu et al. cap at 2x on ImageNet only); the
+    fine-tune's epochs from :func:`~structsearch.config.fine_tune_epochs`."""
     f, b = cfg.final, cfg.baseline
     scratch_lr = f.scratch_lr or b.lr
-    runs = []
-    if f.finetune_epochs >= 0:
-        runs.append({"protocol": "finetune", "epochs": f.finetune_epochs, "lr": f.finetune_lr,
-                     "schedule": "constant"})
+    runs = [{"protocol": "finetune", "epochs": fine_tune_epochs(cfg), "lr": f.finetune_lr,
+             "schedule": "constant"}]
     if "E" in f.scratch:
         runs.append({"protocol": "scratch_e", "epochs": b.epochs, "lr": scratch_lr, "schedule": b.schedule})
     if "B" in f.scratch:
         factor = baseline["macs"] / max(winner["macs"], 1)
-        if f.scratch_b_max_factor is not None:
-            factor = min(factor, f.scratch_b_max_factor)
+        if scratch_b_cap(cfg) is not None:
+            factor = min(factor, scratch_b_cap(cfg))
         runs.append({"protocol": "scratch_b", "epochs": int(b.epochs * factor),
                      "lr": scratch_lr, "schedule": b.schedule})
     for r in runs:
@@ -54,7 +53,7 @@ def oneshot_runs(p: Prepared) -> list[dict]:
         name = proposal["origin"] if proposal["origin"] != "global" else \
             f"global:{p.cfg.search.criterion}"
         runs.append({"key": f"oneshot:{name}", "protocol": "finetune", "source": "oneshot",
-                     "name": name, "widths": proposal["widths"], "epochs": f.finetune_epochs,
+                     "name": name, "widths": proposal["widths"], "epochs": fine_tune_epochs(p.cfg),
                      "lr": f.finetune_lr, "schedule": "constant", "compile": bool(f.compile)})
     return runs
 

@@ -111,6 +111,28 @@ def test_scratch_b_epochs_as_liu_et_al(config, capped):
     assert (cfg.final.scratch_b_max_factor == 2) is capped
 
 
+@pytest.mark.parametrize("data,epochs,finetune,cap", [
+    ("cifar10", 160, 40, None), ("cifar10", 20, 5, None), ("mnist5k", 3, 1, None),
+    ("imagenet", 90, 22, 2.0), ("imagefolder", 90, 22, None)])
+def test_unset_final_epochs_follow_liu_et_al(data, epochs, finetune, cap):
+    """With final.finetune_epochs unset the fine-tune is the CIFAR recipe's 40 epochs scaled by
+    the run's epoch budget (baseline.epochs / 160, at least 1; Scratch-E gets the baseline's
+    own); with scratch_b_max_factor unset Scratch-B is capped at 2x on ImageNet only. Numbers
+    given are used as they are."""
+    from structsearch.pipeline import final_runs
+    cfg = C.from_dict({"data": {"name": data}, "baseline": {"epochs": epochs},
+                       "budget": {"macs_ratio": 0.3}})
+    runs = {r["protocol"]: r for r in final_runs(cfg, {"macs": 1000}, {"macs": 100, "widths": [1]})}
+    assert runs["finetune"]["epochs"] == finetune and runs["scratch_e"]["epochs"] == epochs
+    assert runs["scratch_b"]["epochs"] == int(epochs * (cap or 10.0))
+    assert C.scratch_b_cap(cfg) == cap
+    given = C.from_dict({"data": {"name": data}, "baseline": {"epochs": epochs},
+                         "budget": {"macs_ratio": 0.3},
+                         "final": {"finetune_epochs": 7, "scratch_b_max_factor": 3}})
+    runs = {r["protocol"]: r for r in final_runs(given, {"macs": 1000}, {"macs": 100, "widths": [1]})}
+    assert runs["finetune"]["epochs"] == 7 and runs["scratch_b"]["epochs"] == int(epochs * 3.0)
+
+
 def test_only_a_zero_epoch_finetune_is_measured_without_a_trial():
     """The final stage's runs that skip Ray: the winner's 0-epoch fine-tune, and nothing else
     (Scratch runs and the one-shot baselines always train)."""
