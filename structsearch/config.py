@@ -440,7 +440,8 @@ def fine_tune_epochs(cfg: Config) -> int:
     budget (``baseline.epochs`` / 160), at least one epoch."""
     if cfg.final.finetune_epochs is not None:
         return int(cfg.final.finetune_epochs)
-    return max(1, round(FINETUNE_EPOCHS * cfg.baseline.epochs / FINETUNE_PER_BASELINE_EPOCHS))
+    scaled = FINETUNE_EPOCHS * cfg.baseline.epochs / FINETUNE_PER_BASELINE_EPOCHS
+    return max(1, math.floor(scaled + 0.5))  # half up (round() would go to the even number)
 
 
 def scratch_b_cap(cfg: Config) -> float | None:
@@ -449,6 +450,14 @@ def scratch_b_cap(cfg: Config) -> float | None:
     if cfg.final.scratch_b_max_factor is not None:
         return float(cfg.final.scratch_b_max_factor)
     return IMAGENET_SCRATCH_B_CAP if cfg.data.name == "imagenet" else None
+
+
+def resolved_final(cfg: Config) -> Config:
+    """``cfg`` with the final stage's unset epochs and cap replaced by what they resolve to, so
+    a run saved before they could be unset compares equal on ``--resume``."""
+    final = dataclasses.replace(cfg.final, finetune_epochs=fine_tune_epochs(cfg),
+                                scratch_b_max_factor=scratch_b_cap(cfg))
+    return dataclasses.replace(cfg, final=final)
 
 
 def _check_final_and_sparsity(cfg: Config) -> None:

@@ -328,7 +328,7 @@ def open_run(cfg: Config, out, config_path, resume: bool, address, warm_from=())
     """The checked run, with ``resume`` its journal, and the ``--from`` runs' candidates: all
     read before Ray starts."""
     run_dir = rundir.open_run_dir(out, config_path, resume)
-    check_resources(cfg, address)
+    check_resources(cfg, address)  # with --address: joins the cluster to see its nodes
     warmstart.check_searcher(cfg.search.searcher, bool(warm_from))
     warm = warmstart.open_sources(cfg, run_dir, list(warm_from), resume)
     p = prepare(cfg, run_dir)
@@ -351,7 +351,7 @@ def run_search(cfg: Config, *, out: str | None = None, config_path: str | None =
     scores = criterion_scores(p, cfg.search.criterion)
     core = build_searcher(p)  # what the searcher needs from the baseline, before Ray starts
     started = time.perf_counter()
-    from .tuning import init_ray  # Ray is imported only once every input is checked
+    from .tuning import init_ray  # local Ray starts once every input is checked
     init_ray(address)
     if needs_trial(cfg.search.searcher):  # e.g. DMCP's chains come from a supernet trial
         core = build_searcher(p, supernet=lambda need: stage_supernet(p, scores, baseline, need))

@@ -231,16 +231,19 @@ def prepare(cfg: Config, run_dir: Path) -> Prepared:
 
 
 def check_resources(cfg: Config, address: str | None) -> None:
-    """Per-trial resources that neither this machine nor, with ``address``, any node of the
-    cluster can give (Tune would wait for them for ever, warning now and then)."""
+    """Per-trial resources that neither this machine nor, with ``address`` (or a Ray the caller
+    has joined), any node of the cluster can give (Tune would wait for ever, warning now and
+    then)."""
     if address and address.startswith("ray://"):
         raise ConfigError(f"--address {address}: Ray Client (ray://) is not supported, the search "
                           f"driver must run on a cluster node; run structsearch there with "
                           f"--address auto (or the head's host:6379)")
-    if address:
+    import sys
+    ray = sys.modules.get("ray")  # a caller of the API may have joined a cluster already
+    if address or (ray is not None and ray.is_initialized()):
         from .tuning import cluster_nodes, init_ray
-        init_ray(address)  # joining is the only way to see the nodes
-        check_cluster(cfg, address, *cluster_nodes())
+        init_ray(address)  # joining is the only way to see the nodes (no-op when joined)
+        check_cluster(cfg, address or "the connected Ray", *cluster_nodes())
         return
     r = cfg.search.resources
     cpus = os.cpu_count() or 1
@@ -253,6 +256,11 @@ def check_resources(cfg: Config, address: str | None) -> None:
                           f"{gpus}; set search.resources.gpu: 0 or join a cluster with --address")
 
 
+# Set to 1 to wait for a node that can hold a trial where autoscaling is not recognised (Ray's
+# cluster launcher is, by the bootstrap file it leaves on the head node).
+WAIT_FOR_NODES = "STRUCTSEARCH_WAIT_FOR_NODES"
+
+
 def check_cluster(cfg: Config, address: str, nodes: list[dict], autoscaling: bool) -> None:
     """One trial's ``search.resources`` must fit on one alive node of the cluster (``nodes``:
     each node's resources); a cluster that can add nodes is only told what it must add."""
@@ -261,9 +269,10 @@ def check_cluster(cfg: Config, address: str, nodes: list[dict], autoscaling: boo
         return
     have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes) or "none"
     wanted = f"search.resources: {r.cpu:g} CPU and {r.gpu:g} GPU per trial"
-    if autoscaling:
+    if autoscaling or os.environ.get(WAIT_FOR_NODES, "") not in ("", "0"):
         say(f"{wanted}, no node of the cluster at {address} has them yet (nodes: {have}); "
             f"the search waits until the autoscaler adds one")
         return
     raise ConfigError(f"{wanted}, but no node of the cluster at {address} has that much (nodes: "
-                      f"{have}); lower search.resources or add a node that has them")
+                      f"{have}); lower search.resources or add a node that has them (an "
+                      f"autoscaling cluster: set {WAIT_FOR_NODES}=1 to wait for one)")

@@ -42,7 +42,7 @@ def save_or_check_config(cfg: Config, run_dir: Path, extra: dict) -> None:
         return
     previous = config_mod.read_yaml(saved)
     previous.pop("_resolved", None)
-    if config_mod.from_dict(previous) != cfg:
+    if config_mod.resolved_final(config_mod.from_dict(previous)) != config_mod.resolved_final(cfg):
         raise ConfigError(f"the config differs from {saved}; resume with the same config and "
                           f"--set values, or start a new run directory")
 

@@ -402,12 +402,13 @@ def test_debug_flag_shows_traceback(file_cases):
     assert res.returncode == 2 and "Traceback" in res.stderr
 
 
-def test_cluster_without_a_node_for_one_trial(capsys):
+def test_cluster_without_a_node_for_one_trial(capsys, monkeypatch):
     """--address: a trial's search.resources must fit on one alive node; two nodes of 2 CPUs
     do not make one 4-CPU trial, and a GPU trial needs a node with a GPU. An autoscaling
     cluster only gets a note (the autoscaler may add the node)."""
     from structsearch import config as C
     from structsearch.preflight import check_cluster
+    monkeypatch.delenv("STRUCTSEARCH_WAIT_FOR_NODES", raising=False)
     cfg = C.from_dict({"budget": {"macs_ratio": 0.5}, "search": {"resources": {"cpu": 4, "gpu": 0}}})
     nodes = [{"CPU": 2.0}, {"CPU": 2.0, "GPU": 0.0}]
     with pytest.raises(C.ConfigError) as exc:
@@ -420,6 +421,29 @@ def test_cluster_without_a_node_for_one_trial(capsys):
     with pytest.raises(C.ConfigError, match="1 CPU and 1 GPU"):
         check_cluster(gpu, "auto", [{"CPU": 16.0}, {"GPU": 1.0, "CPU": 0.0}], autoscaling=False)
     check_cluster(gpu, "auto", [{"CPU": 16.0}, {"GPU": 2.0, "CPU": 4.0}], autoscaling=False)
+    quarter = C.from_dict({"budget": {"macs_ratio": 0.5},
+                           "search": {"resources": {"cpu": 1, "gpu": 0.25}}})
+    check_cluster(quarter, "auto", [{"CPU": 4.0, "GPU": 1.0}], autoscaling=False)
+    with pytest.raises(C.ConfigError, match="0 CPU/1 GPU"):  # a node without a CPU key
+        check_cluster(quarter, "auto", [{"GPU": 1.0}], autoscaling=False)
     capsys.readouterr()
     check_cluster(gpu, "auto", [{"CPU": 16.0}], autoscaling=True)
     assert "waits until the autoscaler adds one" in capsys.readouterr().out
+    with pytest.raises(C.ConfigError, match="STRUCTSEARCH_WAIT_FOR_NODES=1"):
+        check_cluster(gpu, "auto", [{"CPU": 16.0}], autoscaling=False)
+    monkeypatch.setenv("STRUCTSEARCH_WAIT_FOR_NODES", "1")  # autoscaling Ray does not show
+    check_cluster(gpu, "auto", [{"CPU": 16.0}], autoscaling=False)
+    assert "waits until the autoscaler adds one" in capsys.readouterr().out
+
+
+def test_cluster_nodes_reads_alive_nodes_only(monkeypatch):
+    """cluster_nodes() takes each alive node's resources from ray.nodes() (dead ones, or one
+    without a Resources entry, hold nothing)."""
+    import ray
+    from structsearch.tuning import cluster_nodes
+    monkeypatch.setattr(ray, "nodes", lambda: [
+        {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0}},
+        {"Alive": True, "Resources": None}])
+    nodes, _ = cluster_nodes()
+    assert nodes == [{"CPU": 4.0, "GPU": 1.0}, {}]

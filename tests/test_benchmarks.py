@@ -40,6 +40,33 @@ def test_search_quality_quick_prints_the_paired_table(tmp_path, ray_local, capsy
     assert figures["one-shot uniform"][0]["candidate_epochs"] == 0
 
 
+def test_search_quality_table_pairs_each_row_with_its_own_grid():
+    """search_quality's table: per seed, the winner minus the better one-shot baseline of that
+    seed; minus the strongest one-shot method by its mean on the row's own grid; and a row on
+    a finer grid against that grid's baselines. Figures worked out by hand."""
+    from scripts import load_benchmark
+    sq = load_benchmark("search_quality")
+
+    def runs(*accs):
+        return [{"finetune": {"test_acc": a}, "winner": {"macs_ratio": 0.09},
+                 "search": {"evaluated": 10, "epochs": 1}, "seed": i} for i, a in enumerate(accs)]
+    lines = sq.table("x", {"default": runs(.95, .96), "default-round4": runs(.97, .96),
+                           "one-shot uniform": runs(.94, .95),
+                           "one-shot global:l1": runs(.93, .97),
+                           "one-shot uniform (default-round4)": runs(.96, .97)})
+    cells = {line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("|").split("|")]
+             for line in lines if line.startswith("| ") and "structure" not in line}
+    # default (95, 96): the best of every baseline per seed is 96, 97 -> -1, -1; the strongest
+    # auto method is global:l1 (mean 95.0; 93, 97) -> +2, -1; its grid's best 94, 97 -> +1, -1.
+    assert cells["default"][4:] == ["95.0 96.0", "95.50 +- 0.50", "-1.00 +- 0.00",
+                                    "+0.50 +- 1.50", "+0.00 +- 1.00"]
+    # default-round4 (97, 96) against 96, 97 in all three columns: +1, -1.
+    assert cells["default-round4"][6:] == ["+0.00 +- 1.00"] * 3
+    assert cells["one-shot uniform"][6:] == ["-2.00 +- 0.00", "-0.50 +- 1.50", "-1.00 +- 1.00"]
+    assert any("auto: one-shot global:l1" in line and "default-round4: one-shot uniform "
+               "(default-round4)" in line for line in lines)
+
+
 def test_every_benchmark_prints_its_help():
     """`--help` of each benchmark script parses and prints its options (a '%' in a help text
     once made search_quality.py's --help crash with a ValueError). One interpreter runs them

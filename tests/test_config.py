@@ -113,10 +113,10 @@ def test_scratch_b_epochs_as_liu_et_al(config, capped):
 
 @pytest.mark.parametrize("data,epochs,finetune,cap", [
     ("cifar10", 160, 40, None), ("cifar10", 20, 5, None), ("mnist5k", 3, 1, None),
-    ("imagenet", 90, 22, 2.0), ("imagefolder", 90, 22, None)])
+    ("imagenet", 90, 23, 2.0), ("imagefolder", 90, 23, None), ("cifar10", 10, 3, None)])
 def test_unset_final_epochs_follow_liu_et_al(data, epochs, finetune, cap):
     """With final.finetune_epochs unset the fine-tune is the CIFAR recipe's 40 epochs scaled by
-    the run's epoch budget (baseline.epochs / 160, at least 1; Scratch-E gets the baseline's
+    the run's epoch budget (baseline.epochs / 160 rounded half up, at least 1; Scratch-E gets the baseline's
     own); with scratch_b_max_factor unset Scratch-B is capped at 2x on ImageNet only. Numbers
     given are used as they are."""
     from structsearch.pipeline import final_runs
@@ -131,6 +131,21 @@ def test_unset_final_epochs_follow_liu_et_al(data, epochs, finetune, cap):
                          "final": {"finetune_epochs": 7, "scratch_b_max_factor": 3}})
     runs = {r["protocol"]: r for r in final_runs(given, {"macs": 1000}, {"macs": 100, "widths": [1]})}
     assert runs["finetune"]["epochs"] == 7 and runs["scratch_b"]["epochs"] == int(epochs * 3.0)
+
+
+def test_resume_compares_the_final_stage_as_resolved(tmp_path):
+    """A run saved with the fine-tune's epochs and Scratch-B's cap spelled out (as every run was
+    before they could be unset) resumes under a config that leaves them unset when they resolve
+    to the same numbers, and is refused when they do not."""
+    from structsearch.rundir import save_or_check_config
+    base = {"data": {"name": "cifar10"}, "baseline": {"epochs": 160}, "budget": {"macs_ratio": 0.5}}
+    C.dump(C.from_dict(dict(base, final={"finetune_epochs": 40})), tmp_path / "config.yaml")
+    save_or_check_config(C.from_dict(base), tmp_path, {})  # 40 = 40 x 160 / 160: same run
+    with pytest.raises(C.ConfigError, match="config differs"):
+        save_or_check_config(C.from_dict(dict(base, baseline={"epochs": 80})), tmp_path, {})
+    with pytest.raises(C.ConfigError, match="config differs"):
+        save_or_check_config(C.from_dict(dict(base, final={"scratch_b_max_factor": 2})),
+                             tmp_path, {})
 
 
 def test_only_a_zero_epoch_finetune_is_measured_without_a_trial():
