@@ -130,6 +130,21 @@ class ArtificialBeeColony(SearchCore):
             moves.append({"kind": "init", "source": i, "pos": pos, "origin": origin})
         self._set_phase("init", moves)
 
+    @property
+    def plan(self) -> str:
+        """How much of ABCPruner's schedule ``search.candidates`` buys, for the search's first
+        line ("" when it buys all of it): a small budget never reaches the onlookers."""
+        per_cycle = 2 * self.food_number  # employed and onlooker moves; scouts come on top
+        full = self.food_number + self.max_cycle * per_cycle
+        n = self.num_candidates
+        if n >= full:
+            return ""
+        if n <= self.food_number:
+            return f"; abc: {n} candidates are only its initial sources (food_number {self.food_number})"
+        return (f"; abc: {n} candidates are {self.food_number} initial sources and "
+                f"{(n - self.food_number) / per_cycle:.1f} of its {self.max_cycle} cycles of "
+                f"employed and onlooker moves (all of them: {full}+ candidates)")
+
     def _set_phase(self, phase: str, moves: list[dict]) -> None:
         for index, move in enumerate(moves):
             move["index"] = index  # greedy steps apply in proposal order, not arrival order

@@ -7,8 +7,7 @@
     -> final stage in parallel: fine-tune | Scratch-E | Scratch-B -> speed -> report
 
 Every stage checks the run directory first and skips work whose outputs exist, so ``--resume``
-continues where an interrupted run stopped. Every Tune experiment starts through
-:func:`structsearch.tuning.run_experiment`.
+continues where an interrupted run stopped. Tune experiments start in ``tuning.run_experiment``.
 """
 from __future__ import annotations
 
@@ -235,7 +234,8 @@ def announce_search(p: Prepared, core, journal: Journal) -> None:
             f"({len(journal.unfinished)} to train again)")
     else:
         say(f"search: {s.searcher} over {len(p.space)} groups, {core.num_candidates} candidates "
-            f"x {s.epochs} epochs, {s.concurrent} at a time, budget {p.budget.text()}")
+            f"x {s.epochs} epochs, {s.concurrent} at a time, budget {p.budget.text()}"
+            + getattr(core, "plan", ""))
         if core.num_candidates < s.candidates:
             say(f"search: {core.num_candidates} of the {s.candidates} candidates asked for "
                 f"({getattr(core, 'shortfall', '') or 'the searcher has no more to propose'})")

@@ -53,6 +53,23 @@ def test_phases_in_order_with_counts(space):
     assert any(p == "scout" for _, p, _ in log)
 
 
+@pytest.mark.parametrize("n,says", [
+    (6, "6 candidates are only its initial sources (food_number 6)"),
+    (18, "18 candidates are 6 initial sources and 1.0 of its 4 cycles"),
+    (30, "30 candidates are 6 initial sources and 2.0 of its 4 cycles of employed and onlooker "
+         "moves (all of them: 54+ candidates)"),
+    (54, "")])
+def test_plan_says_how_much_of_the_schedule_the_candidates_buy(space, n, says):
+    """The search's first line says when search.candidates stops the colony before its
+    max_cycle cycles; the counts are those the colony really runs (phase_log)."""
+    core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=n, seed=0,
+                               food_number=6, food_limit=100, max_cycle=4)
+    assert (says in core.plan) if says else core.plan == ""
+    run_batches(core, space)
+    moves = [m for _, phase, m in core.phase_log if phase in ("employed", "onlooker")]
+    assert 6 + min(sum(moves), n - 6) == n and len(moves) >= min((n - 6) // 6, 8)
+
+
 def test_scout_only_when_trail_reaches_limit(space):
     core = ArtificialBeeColony(space, limit=0.5 * space.full_macs, num_candidates=10_000, seed=1,
                                food_number=4, food_limit=1000, max_cycle=3)
