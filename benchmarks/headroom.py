@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         lines, text = run_setting(name, setting, args, root)
         out += [f"### {name} (grid {args.round_to}, {time.perf_counter() - start:.0f} s)", "",
                 *lines, "", text, ""]
-        print("\n".join(out[-len(lines) - 4:]), flush=True)
+        print("\n".join(out[-len(lines) - 5:]), flush=True)
     if len(settings) > 1:
         print("\n".join(out))
 
