@@ -66,32 +66,29 @@ def near_budget(space, cost, limit: float, low: float, cap: int, rng,
     return out
 
 
+def key_of(widths) -> str:
+    """A width vector as the key of the results ("8x8x16x32")."""
+    return "x".join(map(str, widths))
+
+
 def prepare_seed(name: str, setting: dict, seed: int, row: dict, args, root: Path):
-    """The seed's baseline (search_quality's, trained if missing) and everything a final run
-    needs: (prepared run, trial setup, baseline state, one-shot structures by name)."""
+    """Everything a final run needs under the seed's baseline (search_quality's, trained if
+    missing): (prepared run, trial setup, baseline state, the final stage's one-shot runs by
+    name, the run directory)."""
     from structsearch import config as C
-    from structsearch.commands import run_baseline
-    from structsearch.needs import criterion_scores, seed_proposals
+    from structsearch.finalruns import oneshot_runs
+    from structsearch.needs import criterion_scores
     from structsearch.pipeline import stage_baseline, trial_setup
     from structsearch.preflight import prepare
-    tag = name.split(" ")[0].replace("@", "-").replace("%", "")
-    base_dir = root / f"{tag}-baseline-{seed}"
-    if not (base_dir / "baseline" / "weights.pt").is_file():
-        run_baseline(C.from_dict(sq.config(setting, seed, {"searcher": "random"}, args,
-                                           checkpoint=None, baselines=False)), out=str(base_dir))
-    cfg = C.from_dict(sq.config(setting, seed, row, args,
-                                checkpoint=str(base_dir / "baseline" / "weights.pt"),
-                                baselines=True))
-    run_dir = root / f"{tag}-headroom{args.grid_tag}-{seed}"
+    ckpt = sq.baseline_checkpoint(name, setting, seed, args, root)
+    cfg = C.from_dict(sq.config(setting, seed, row, args, checkpoint=ckpt, baselines=True))
+    run_dir = root / f"{sq.setting_tag(name)}-headroom{args.grid_tag}-{seed}"
     run_dir.mkdir(parents=True, exist_ok=True)
     p = prepare(cfg, run_dir)
     baseline = stage_baseline(p)
-    scores = criterion_scores(p, cfg.search.criterion)
-    setup = trial_setup(p, scores, baseline)
+    setup = trial_setup(p, criterion_scores(p, cfg.search.criterion), baseline)
     state = {k: v.detach().cpu() for k, v in p.model.state_dict().items()}
-    shots = {(s["origin"] if s["origin"] != "global" else f"global:{cfg.search.criterion}"):
-             [int(w) for w in s["widths"]] for s in seed_proposals(p, list(cfg.final.baselines))}
-    return p, setup, state, shots, run_dir
+    return p, setup, state, {r["name"]: r for r in oneshot_runs(p)}, run_dir
 
 
 _WORKER: dict = {}
@@ -107,41 +104,33 @@ def _worker_init(setup, state, threads: int) -> None:
     _WORKER.update(setup=setup, state=state, splits=load_splits(setup.data_spec, "cpu"))
 
 
-def _train_one(widths: list[int], epochs: int, lr: float) -> tuple[list[int], dict, float]:
+def _train_one(run: dict) -> tuple[dict, float]:
+    """One final-stage run (a one-shot run of ``oneshot_runs`` with other widths)."""
     from trainables.final import final_run
     start = time.perf_counter()
-    run = {"key": "headroom", "protocol": "finetune", "source": "oneshot", "widths": widths,
-           "epochs": epochs, "lr": lr, "schedule": "constant"}
     metrics, _ = final_run(run, _WORKER["setup"], _WORKER["state"], None, _WORKER["splits"], "cpu")
-    return widths, metrics, time.perf_counter() - start
+    return metrics, time.perf_counter() - start
 
 
-if __name__ not in ("__main__", "__mp_main__", "headroom"):
-    # Loaded under another name (tests/scripts.py): spawned workers find the functions they
-    # run under the file's own name, which benchmarks/ on sys.path resolves.
-    sys.modules.setdefault("headroom", sys.modules[__name__])
-    _worker_init.__module__ = _train_one.__module__ = "headroom"
-
-
-def train_vectors(p, setup, state, vectors, cache: Path, args) -> dict:
-    """Fine-tuned val/test accuracy per vector (key: the widths joined by 'x'), cached in
-    ``cache``. ``args.workers`` processes of ``args.threads`` threads each (a search's trials
-    get one CPU, so one thread: the same arithmetic, the same accuracies)."""
+def train_vectors(p, setup, state, vectors, template: dict, cache: Path, args) -> dict:
+    """Fine-tuned val/test accuracy per vector (by :func:`key_of`), each trained as the
+    one-shot run ``template`` with its widths, cached in ``cache``. ``args.workers`` processes
+    of ``args.threads`` threads each (a search's trials get one CPU, so one thread: the same
+    arithmetic, the same accuracies)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     done = json.loads(cache.read_text()) if cache.is_file() else {}
-    todo = [w for w in vectors if "x".join(map(str, w)) not in done]
+    todo = [w for w in vectors if key_of(w) not in done]
     if not todo:
         return done
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init,
                              initargs=(setup, state, args.threads)) as pool:
-        jobs = [pool.submit(_train_one, w, args.finetune_epochs, 0.01) for w in todo]
+        jobs = {pool.submit(_train_one, dict(template, widths=w)): w for w in todo}
         for n, job in enumerate(as_completed(jobs), 1):
-            w, metrics, seconds = job.result()
-            done["x".join(map(str, w))] = {
-                "val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
-                "macs_ratio": float(p.space.macs(w)) / p.space.full_macs}
+            w, (metrics, seconds) = jobs[job], job.result()
+            done[key_of(w)] = {"val_acc": metrics["val_acc"], "test_acc": metrics["test_acc"],
+                               "macs_ratio": float(p.space.macs(w)) / p.space.full_macs}
             tmp = cache.with_suffix(".tmp")
             tmp.write_text(json.dumps(done, indent=1))
             os.replace(tmp, cache)
@@ -204,7 +193,8 @@ def run_setting(name: str, setting: dict, args, root: Path) -> tuple[list[str], 
     row = {"space": {"round_to": args.round_to}} if args.round_to != "auto" else {}
     per_seed, shots, vectors = [], [], None
     for seed in range(seeds):
-        p, setup, state, shot, run_dir = prepare_seed(name, setting, seed, row, args, root)
+        p, setup, state, runs, run_dir = prepare_seed(name, setting, seed, row, args, root)
+        shot = {n: [int(w) for w in r["widths"]] for n, r in runs.items()}
         if vectors is None:  # one set of vectors for every seed (the grid does not change)
             rng = np.random.default_rng(args.vector_seed)
             vectors = near_budget(p.space, p.view.cost, p.budget.limit, args.low,
@@ -213,8 +203,9 @@ def run_setting(name: str, setting: dict, args, root: Path) -> tuple[list[str], 
                   f"(grid {args.round_to}), {seeds} seed(s)", flush=True)
         todo = vectors + [w for w in shot.values() if w not in vectors]  # a seed's own shots
         print(f"  seed {seed}: one-shot {shot}", flush=True)
-        per_seed.append(train_vectors(p, setup, state, todo, run_dir / "headroom.json", args))
-        shots.append({n: "x".join(map(str, w)) for n, w in shot.items()})
+        per_seed.append(train_vectors(p, setup, state, todo, next(iter(runs.values())),
+                                      run_dir / "headroom.json", args))
+        shots.append({n: key_of(w) for n, w in shot.items()})
     return ceilings(per_seed, shots)
 
 
@@ -258,9 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, setting in settings.items():
         start = time.perf_counter()
         lines, text = run_setting(name, setting, args, root)
-        out += [f"### {name} (grid {args.round_to}, {time.perf_counter() - start:.0f} s)", "",
-                *lines, "", text, ""]
-        print("\n".join(out[-len(lines) - 5:]), flush=True)
+        section = [f"### {name} (grid {args.round_to}, {time.perf_counter() - start:.0f} s)", "",
+                   *lines, "", text, ""]
+        print("\n".join(section), flush=True)
+        out += section
     if len(settings) > 1:
         print("\n".join(out))
 

@@ -95,19 +95,31 @@ def candidate_epochs(summary: dict) -> int:
     return (trained + repeats) * s["epochs"]
 
 
-def run_setting(name: str, setting: dict, rows: dict, args, root: Path) -> dict:
+def setting_tag(name: str) -> str:
+    """The setting's prefix of its run directories' names ("small_cnn@10%" -> "small_cnn-10")."""
+    return name.split(" ")[0].replace("@", "-").replace("%", "")
+
+
+def baseline_checkpoint(name: str, setting: dict, seed: int, args, root: Path) -> str:
+    """The seed's baseline weights under ``root``, trained first when missing (every searcher
+    row of the seed, and headroom.py, start from it)."""
     from structsearch import config as C
     from structsearch.commands import run_baseline
+    base_dir = root / f"{setting_tag(name)}-baseline-{seed}"
+    if not (base_dir / "baseline" / "weights.pt").is_file():
+        run_baseline(C.from_dict(config(setting, seed, {"searcher": "random"}, args,
+                                        checkpoint=None, baselines=False)), out=str(base_dir))
+    return str(base_dir / "baseline" / "weights.pt")
+
+
+def run_setting(name: str, setting: dict, rows: dict, args, root: Path) -> dict:
+    from structsearch import config as C
     from structsearch.pipeline import run_search
     results: dict[str, list[dict]] = {}
     seeds = min(setting["seeds"], args.seeds) if args.seeds else setting["seeds"]
-    tag = name.split(" ")[0].replace("@", "-").replace("%", "")
+    tag = setting_tag(name)
     for seed in range(seeds):
-        base_dir = root / f"{tag}-baseline-{seed}"
-        if not (base_dir / "baseline" / "weights.pt").is_file():
-            run_baseline(C.from_dict(config(setting, seed, {"searcher": "random"}, args,
-                                            checkpoint=None, baselines=False)), out=str(base_dir))
-        ckpt = str(base_dir / "baseline" / "weights.pt")
+        ckpt = baseline_checkpoint(name, setting, seed, args, root)
         first_auto = next((n for n in rows if not _grid_of(n)), None)
         for row_name, row in rows.items():
             out = root / f"{tag}-{row_name}-{seed}"

@@ -1,6 +1,8 @@
 """Load a benchmark script (benchmarks/NAME.py, not a package) as a module, for tests that call
-its ``main(argv)`` in the test process."""
-import importlib.util
+its ``main(argv)`` in the test process. It is imported under its own name with benchmarks/ on
+sys.path, as the scripts import each other (headroom.py imports search_quality.py) and as a
+spawned worker process finds the functions a script hands it."""
+import importlib
 import sys
 from pathlib import Path
 
@@ -8,8 +10,6 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # a dataclass in it looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    return importlib.import_module(name)
