@@ -53,6 +53,9 @@ SEARCHERS = {
     # trained on that grid too, named with the row).
     "default-round4": {"space": {"round_to": 4}},
     "default-round1": {"space": {"round_to": 1}},
+    # The default searcher with its top candidates (and the one-shot structures among its
+    # candidates) re-evaluated by the final fine-tune instead of more seeds.
+    "default-ftreeval": {"reevaluate_by": "finetune"},
 }
 
 
@@ -91,8 +94,10 @@ def candidate_epochs(summary: dict) -> int:
     trained = s["evaluated"] - s.get("known", 0)
     if s.get("fitness") == "adaptive_bn":  # explored without training; the trained ones count
         trained = s.get("trained", 0)
-    repeats = sum(len(e["val_acc_repeats"]) for e in summary.get("reevaluation") or [])
-    return (trained + repeats) * s["epochs"]
+    table = summary.get("reevaluation") or []
+    repeats = sum(len(e["val_acc_repeats"]) for e in table)
+    # A fine-tune re-evaluation counts its own epochs (the candidate's and the fine-tune's).
+    return (trained + repeats) * s["epochs"] + sum(e.get("epochs", 0) for e in table)
 
 
 def setting_tag(name: str) -> str:
@@ -127,9 +132,11 @@ def run_setting(name: str, setting: dict, rows: dict, args, root: Path) -> dict:
                 start = time.perf_counter()
                 # The one-shot baselines train in the first row of each grid (a row with its
                 # own space is a grid of its own) and in --baselines-in's row.
+                # A fine-tune re-evaluation shortlists the one-shot structures: it needs them.
                 cfg = C.from_dict(config(setting, seed, row, args, checkpoint=ckpt,
                                          baselines=row_name in (first_auto, args.baselines_in)
-                                         or bool(_grid_of(row_name))))
+                                         or bool(_grid_of(row_name))
+                                         or row.get("reevaluate_by") == "finetune"))
                 run_search(cfg, out=str(out), resume=out.exists())
                 print(f"  {name} {row_name} seed {seed}: {time.perf_counter() - start:.0f} s",
                       flush=True)

@@ -115,6 +115,10 @@ class SearchConfig:
     # under other seeds and the winner is the best mean (0 or 1: the single best run wins).
     reevaluate: int = 3
     reevaluate_seeds: int = 1
+    # How the top candidates are re-evaluated: "seeds" (`reevaluate_seeds` more trainings at the
+    # search's epochs, best mean wins) or "finetune" (each, and the pool's one-shot baseline
+    # structures, gets the final stage's fine-tune; the best validation accuracy after it wins).
+    reevaluate_by: str = "seeds"
     # Seeded proposals (uniform, global:<criterion>, ssl, paper presets): the seeded searcher's
     # candidates, and the first sources / trials of abc, tpe and nsga2. Empty: searcher default.
     seeds: tuple = ()
@@ -155,6 +159,7 @@ class Config:
 
 
 SCHEDULES = ("cosine", "multistep", "constant")
+REEVALUATE_BY = ("seeds", "finetune")  # search.reevaluate_by
 
 
 def _default_searcher() -> str:
@@ -415,6 +420,8 @@ def _check_search(cfg: Config) -> None:
     for key in ("reevaluate", "reevaluate_seeds"):
         if getattr(s, key) < 0:
             bad(f"search.{key}", f"must be >= 0, got {getattr(s, key)}")
+    if s.reevaluate_by not in REEVALUATE_BY:
+        bad("search.reevaluate_by", f"choose {' or '.join(REEVALUATE_BY)}, got '{s.reevaluate_by}'")
     if s.lr <= 0:
         bad("search.lr", f"must be > 0, got {s.lr}")
     for name, value in (s.params or {}).items():

@@ -1,11 +1,21 @@
-"""No winner's curse: before the final stage the top candidates are trained again under other
-seeds, and the winner is the best by the mean over all of its runs.
+"""No winner's curse: before the final stage the top candidates are trained again, and the
+winner is picked from that.
 
 With many candidates the one with the highest validation accuracy after a short training is
 partly the luckiest (its seed, its batch order): picking on one noisy number overrates the
-winner and often picks the wrong one. Each of the ``search.reevaluate`` best candidates is
-trained ``search.reevaluate_seeds`` more times, exactly as in the search but seeded anew; the
-winner keeps its search checkpoint (the fine-tune starts from it) and the report lists every
+winner and often picks the wrong one. ``search.reevaluate_by`` says how the
+``search.reevaluate`` best candidates are trained again:
+
+* ``seeds``: ``search.reevaluate_seeds`` more times, exactly as in the search but seeded anew;
+  the winner is the best mean over all of its runs.
+* ``finetune``: once more as in the search, then by the final stage's fine-tune (the very run
+  the final stage would give it as the winner), together with the pool's candidates that have a
+  one-shot baseline's widths (``final.baselines``); the winner is the best by validation
+  accuracy after the fine-tune. The short fitness only shortlists; the protocol whose result
+  the user gets decides, and a one-shot structure wins whenever the search found nothing better
+  on validation.
+
+The winner keeps its search checkpoint (the fine-tune starts from it) and the report lists every
 run.
 """
 from __future__ import annotations
@@ -108,6 +118,8 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict], spar
     runs trained (:func:`known_repeats`); only the missing ones are trained."""
     from .twostage import fitness_after_search
     s = p.cfg.search
+    if s.reevaluate_by == "finetune":
+        return stage_finetune(p, scores, baseline, rows, spare)
     top = top_candidates(rows, p.budget.limit, max(s.reevaluate, 1))
     if s.reevaluate < 2 or s.reevaluate_seeds < 1 or len(top) < 2:
         return (top[0] if top else None), None
@@ -136,3 +148,108 @@ def stage_reevaluate(p: Prepared, scores, baseline: dict, rows: list[dict], spar
         repeats = {k: reused[k] + [v for _, v in sorted(trained.get(k, []))] for k in reused}
         report.write_json({"repeats": repeats}, file)
     return choose(top, repeats)
+
+
+# ---------------------------------------------------------------------------- by the fine-tune
+def finetune_protocol(cfg) -> dict:
+    """The final stage's fine-tune (what a ``finetune`` re-evaluation trains after a candidate's
+    own epochs); a source run's scores are reused only under the same protocol."""
+    from .config import fine_tune_epochs
+    return {"epochs": fine_tune_epochs(cfg), "lr": float(cfg.final.finetune_lr),
+            "search_epochs": int(cfg.search.epochs)}
+
+
+def finetune_shortlist(rows: list[dict], limit: float, k: int,
+                       oneshot: dict[str, list[int]]) -> list[dict]:
+    """The ``k`` best rows (:func:`top_candidates`), then the ``ok`` rows within the budget
+    that have a one-shot baseline's widths (``oneshot``: name -> widths) and are not among them,
+    each tagged with ``oneshot`` (the baseline's name) where it is one."""
+    names = {tuple(int(w) for w in widths): name for name, widths in oneshot.items()}
+    top = top_candidates(rows, limit, k)
+    shortlist = [dict(r, oneshot=names.get(tuple(r["widths"]))) for r in top]
+    seen = {tuple(r["widths"]) for r in top}
+    for row in top_candidates(rows, limit, len(rows)):
+        key = tuple(row["widths"])
+        if key in names and key not in seen:
+            shortlist.append(dict(row, oneshot=names[key]))
+            seen.add(key)
+    return shortlist
+
+
+def known_finetuned(rows: list[dict], protocol: dict) -> dict[str, float]:
+    """Per row (trial id) of a warm start's known candidates: the fine-tuned validation accuracy
+    its source run's re-evaluation measured under the same ``protocol``."""
+    out: dict[str, float] = {}
+    for source in {r.get("from_run") for r in rows if r.get("from_run")}:
+        try:
+            data = json.loads((Path(source) / "reevaluation.json").read_text())
+            scores = data["finetuned"] if data.get("finetune") == protocol else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            scores = {}
+        for row in rows:
+            value = scores.get(row["trial_id"]) if isinstance(scores, dict) else None
+            if row.get("from_run") == source and isinstance(value, (int, float)) \
+                    and math.isfinite(value):
+                out[row["trial_id"]] = float(value)
+    return out
+
+
+def choose_finetuned(shortlist: list[dict], finetuned: dict[str, float],
+                     trained: set[str], epochs: int) -> tuple[dict, list[dict]]:
+    """The winner by fine-tuned validation accuracy (ties: fewer MACs) and the table of the
+    shortlist (best first); ``trained``: the trial ids this run trained (``epochs`` each)."""
+    table = [{"trial_id": r["trial_id"], "origin": r["origin"], "oneshot": r.get("oneshot"),
+              "widths": list(r["widths"]), "macs_ratio": r["macs_ratio"],
+              "val_acc_search": r["val_acc"], "val_acc_repeats": [],
+              "val_acc_finetuned": finetuned.get(r["trial_id"], 0.0),
+              "val_acc_mean": finetuned.get(r["trial_id"], 0.0),
+              "epochs": epochs if r["trial_id"] in trained else 0, "macs": r["macs"]}
+             for r in shortlist]
+    table.sort(key=lambda e: (-e["val_acc_finetuned"], e["macs"]))
+    winner = next(r for r in shortlist if r["trial_id"] == table[0]["trial_id"])
+    return {k: v for k, v in winner.items() if k != "oneshot"}, \
+        [{k: v for k, v in e.items() if k != "macs"} for e in table]
+
+
+def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare: int):
+    """``search.reevaluate_by: finetune`` (see the module's doc): ``(winner row, table)``, the
+    scores kept in RUN_DIR/reevaluation.json. ``spare`` candidate trainings the searcher left
+    become more shortlisted candidates (a fine-tune costs its epochs in candidate trainings)."""
+    from .finalruns import oneshot_runs
+    from .twostage import fitness_after_search
+    s, protocol = p.cfg.search, finetune_protocol(p.cfg)
+    cost = protocol["epochs"] + (protocol["search_epochs"] if fitness_after_search(p.cfg) == "train"
+                                 else 0)
+    extra = max(spare, 0) * max(s.epochs, 1) // max(cost, 1)
+    oneshot = {r["name"]: r["widths"] for r in oneshot_runs(p)}
+    shortlist = finetune_shortlist(rows, p.budget.limit, s.reevaluate + extra, oneshot)
+    if s.reevaluate < 1 or protocol["epochs"] < 1 or len(shortlist) < 2:
+        best = top_candidates(rows, p.budget.limit, 1)
+        return (best[0] if best else None), None
+    file = p.run_dir / "reevaluation.json"
+    if file.is_file():
+        saved = json.loads(file.read_text())
+        finetuned, trained = saved["finetuned"], set(saved.get("trained", []))
+    else:
+        known = known_finetuned(shortlist, protocol)
+        todo = [r for r in shortlist if r["trial_id"] not in known]
+        notes = [f"{len(todo)} trials"] + ([f"{len(known)} known from finished runs"] if known else [])
+        if extra:
+            notes.append(f"{extra} more shortlisted for {spare} candidates the searcher left")
+        tops = len(top_candidates(rows, p.budget.limit, s.reevaluate + extra))
+        say(f"re-evaluation: the top {tops} candidates and {len(shortlist) - tops} more one-shot "
+            f"structure(s), each fine-tuned {protocol['epochs']} epochs ({'; '.join(notes)})")
+        configs = [{"candidate": Candidate(r["token"], r["widths"], r["origin"], r["searcher"],
+                                           {"repeat": 0, "finetune": protocol}).to_config(),
+                    "trial_id": r["trial_id"]} for r in todo]
+        results = train_candidates(p, scores, baseline, "reevaluation", configs,
+                                   label="re-evaluation (fine-tune)",
+                                   fitness=fitness_after_search(p.cfg)) if configs else []
+        finetuned = dict(known)
+        for result in results:
+            ok = result.error is None and (result.metrics or {}).get("status") == "ok"
+            finetuned[result.config["run"]["trial_id"]] = result.metrics["val_acc"] if ok else 0.0
+        trained = {r["trial_id"] for r in todo}
+        report.write_json({"finetune": protocol, "finetuned": finetuned,
+                           "trained": sorted(trained)}, file)
+    return choose_finetuned(shortlist, finetuned, trained, cost)

@@ -210,10 +210,23 @@ def _results_section(summary: dict) -> list[str]:
 
 
 def reevaluation_section(summary: dict) -> list[str]:
-    """The top candidates trained again under other seeds; the winner is the best mean."""
+    """The top candidates trained again (under other seeds: the best mean wins; or by the final
+    stage's fine-tune: the best fine-tuned validation accuracy wins)."""
     table = summary.get("reevaluation")
     if not table:
         return []
+    if "val_acc_finetuned" in table[0]:
+        lines = ["## Re-evaluation of the top candidates", "",
+                 "Each fine-tuned as the final stage fine-tunes the winner, beside the one-shot "
+                 "structures among the candidates; the winner is the best by validation accuracy "
+                 "after the fine-tune (the short search fitness only shortlists).", "",
+                 "| trial | origin | one-shot | MACs % | val acc % (search) | val acc % (fine-tuned) |",
+                 "|---|---|---|---|---|---|"]
+        for e in table:
+            lines.append(f"| {e['trial_id']} | {e['origin']} | {e.get('oneshot') or ''} | "
+                         f"{_pct(e['macs_ratio'])} | {_pct(e['val_acc_search'])} | "
+                         f"{_pct(e['val_acc_finetuned'])} |")
+        return lines + [""]
     lines = ["## Re-evaluation of the top candidates", "",
              "Each trained again under other seeds; the winner is the best mean (a single lucky "
              "run does not win).", "",

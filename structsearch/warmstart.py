@@ -32,7 +32,8 @@ FILE = "warm_start.json"
 # what happens to the winner, not how a candidate is trained and scored.
 MAY_DIFFER = ("budget.", "final.", "search.searcher", "search.candidates", "search.concurrent",
               "search.resources.", "search.params.", "search.abc.", "search.seeds",
-              "search.reevaluate", "search.reevaluate_seeds", "search.max_failures",
+              "search.reevaluate", "search.reevaluate_seeds", "search.reevaluate_by",
+              "search.max_failures",
               "search.scheduler", "search.storage_path", "space.round_to", "space.min_ratio",
               "space.check", "space.trace_timeout_s", "data.root", "data.download")
 

@@ -6,10 +6,13 @@ instead of the criterion's top ones), ``init`` (``inherit``: the baseline's trai
 default; ``original``: the run seed's initial weights, DropNet's reset) and ``channel_scores``
 (report the mean post-activation of every kept channel after training under
 ``channel_scores``: one flat list of floats, group after group, in ascending order of each
-group's kept root channels, for DropNet's next step).
+group's kept root channels, for DropNet's next step) and ``finetune`` (``{"epochs", "lr"}``: after
+its training, the candidate gets the final stage's fine-tune and reports the validation accuracy
+after it, a re-evaluation by ``search.reevaluate_by: finetune``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -56,6 +59,8 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
         final = _train_fitness(model, setup, splits, device, seed, start)
         if final is None:
             return
+    if options.get("finetune") and final["status"] == "ok":
+        final = _finetune(model, setup, splits, device, options["finetune"], final, start)
     final["seconds"] = time.perf_counter() - start
     final["reconstructed"] = reconstructed
     if final["status"] == "ok" and options.get("channel_scores"):
@@ -94,6 +99,36 @@ def _train_fitness(model, setup: TrialSetup, splits, device: str, seed: int,
     if not math.isfinite(last["val_acc"]):
         last.update(status="error", error="non-finite validation accuracy", val_acc=0.0)
     return last
+
+
+def _finetune(model, setup: TrialSetup, splits, device: str, finetune: dict, searched: dict,
+              start: float) -> dict:
+    """The fine-tune the final stage would give this candidate as the winner (the seeds and
+    constant lr of :func:`trainables.final.final_run`): the same run, so a re-evaluated winner's
+    fine-tuned validation accuracy is the final stage's. Reports each epoch but the last."""
+    spec = dataclasses.replace(setup.train, epochs=int(finetune["epochs"]), lr=float(finetune["lr"]),
+                               schedule="constant")
+    before = setup.train.epochs if setup.fitness == "train" else 0
+
+    def on_epoch(epoch: int, metrics: dict):
+        if epoch < spec.epochs:
+            tune.report(dict(epoch=before + epoch, val_acc=metrics["val_acc"], status="ok",
+                             val_loss=metrics["val_loss"], train_loss=metrics["train_loss"],
+                             seconds=time.perf_counter() - start))
+
+    torch.manual_seed(setup.seed + 11)
+    try:
+        result = train(model, splits.train, spec, val_split=splits.val, device=device,
+                       seed=setup.seed + 1, on_epoch=on_epoch)
+    except FloatingPointError as exc:
+        return dict(searched, epoch=before, val_acc=0.0, status="error", error=f"fine-tune: {exc}")
+    val = evaluate(model, splits.val, device=device)
+    if not math.isfinite(val["loss"]):
+        return dict(searched, epoch=before, val_acc=0.0, status="error",
+                    error="fine-tune: non-finite validation loss")
+    return dict(epoch=before + spec.epochs, val_acc=val["top1"], val_loss=val["loss"],
+                train_loss=result.get("train_loss"), status="ok",
+                val_acc_before_finetune=searched["val_acc"])
 
 
 def _adaptive_bn_fitness(model, setup: TrialSetup, splits, device: str, seed: int) -> dict:

@@ -1,0 +1,72 @@
+"""Re-evaluation by the final stage's fine-tune (search.reevaluate_by: finetune)."""
+import json
+
+import pytest
+
+from minis import digits_run
+from structsearch import config as C
+
+
+def test_fine_tune_reevaluation_is_the_final_stages_run(tmp_path, ray_local):
+    """The top 2 and the pool's one-shot structures are fine-tuned; the winner is the best by
+    fine-tuned validation accuracy, and its final fine-tune is the same run (same number)."""
+    from structsearch.pipeline import run_search
+    from structsearch.report import read_candidates
+    cfg = digits_run(baseline={"epochs": 1},
+                     search={"searcher": "random+uniform", "candidates": 4, "reevaluate": 2,
+                             "reevaluate_by": "finetune"},
+                     final={"finetune_epochs": 2, "finetune_lr": 0.01,
+                            "baselines": ["uniform", "global"]})
+    run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    table = summary["reevaluation"]
+    rows = [r for r in read_candidates(run / "candidates.csv") if r["status"] == "ok"]
+    best = sorted(rows, key=lambda r: (-r["val_acc"], r["macs"]))[:2]
+    assert {r["trial_id"] for r in best} <= {e["trial_id"] for e in table}
+    # The seeded uniform candidate is a one-shot structure: shortlisted even when not top 2.
+    uniform = summary["oneshot"]["uniform"]
+    tagged = [e for e in table if e["oneshot"] == "uniform"]
+    assert len(tagged) == 1
+    assert tagged[0]["widths"] == next(r["widths"] for r in rows if r["origin"] == "uniform")
+    assert [e["val_acc_finetuned"] for e in table] == sorted(
+        (e["val_acc_finetuned"] for e in table), reverse=True)
+    assert all(e["epochs"] == 1 + 2 for e in table)
+    assert summary["winner"]["trial_id"] == table[0]["trial_id"]
+    # The re-evaluation trained exactly the run the final stage gives the winner / a baseline.
+    assert summary["finetune"]["val_acc"] == pytest.approx(table[0]["val_acc_finetuned"], abs=1e-9)
+    assert uniform["val_acc"] == pytest.approx(tagged[0]["val_acc_finetuned"], abs=1e-9)
+    assert "fine-tuned" in (run / "report.md").read_text()
+
+
+def test_shortlist_adds_one_shot_structures_once():
+    from structsearch.reevaluate import finetune_shortlist
+    rows = [{"trial_id": t, "status": "ok", "val_acc": v, "cost": c, "macs": m, "widths": w}
+            for t, v, c, m, w in (("a", 0.9, 1.0, 10, [4, 4]), ("b", 0.8, 1.0, 9, [2, 6]),
+                                  ("c", 0.7, 1.0, 8, [3, 5]), ("d", 0.95, 2.0, 8, [6, 6]),
+                                  ("e", 0.6, 1.0, 7, [3, 5]))]
+    got = finetune_shortlist(rows, 1.0, 1, {"uniform": [3, 5], "global:l1": [4, 4],
+                                            "over": [6, 6]})
+    # a is top and global:l1's; c (not e: the better row of the same widths) is uniform's;
+    # d is over the budget.
+    assert [(r["trial_id"], r["oneshot"]) for r in got] == [("a", "global:l1"), ("c", "uniform")]
+
+
+def test_warm_start_reuses_known_fine_tune_scores(tmp_path, ray_local):
+    """A run --from a finished one at the same budget trains nothing: its candidates and their
+    fine-tuned scores are known. Under another fine-tune protocol the scores are not reused."""
+    from structsearch.pipeline import run_search
+    from structsearch.reevaluate import finetune_protocol, known_finetuned
+    cfg = digits_run(search={"searcher": "uniform", "candidates": 3, "reevaluate": 2,
+                             "reevaluate_by": "finetune"},
+                     final={"finetune_epochs": 1, "finetune_lr": 0.01, "baselines": ["uniform"]})
+    a = run_search(C.from_dict(cfg), out=str(tmp_path / "a"))
+    c = run_search(C.from_dict(cfg), out=str(tmp_path / "c"), warm_from=[str(a)])
+    saved = json.loads((a / "reevaluation.json").read_text())
+    table = json.loads((c / "summary.json").read_text())["reevaluation"]
+    assert len(table) >= 2 and all(e["epochs"] == 0 for e in table)
+    assert {e["trial_id"]: e["val_acc_finetuned"] for e in table} == saved["finetuned"]
+    assert not (c / "tune" / "reevaluation").exists(), "no re-evaluation trial ran in C"
+    rows = [{"trial_id": t, "from_run": str(a)} for t in saved["finetuned"]]
+    other = C.from_dict(digits_run(final={"finetune_epochs": 2, "finetune_lr": 0.01}))
+    assert known_finetuned(rows, finetune_protocol(C.from_dict(cfg))) == saved["finetuned"]
+    assert known_finetuned(rows, finetune_protocol(other)) == {}
