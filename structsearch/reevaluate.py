@@ -9,11 +9,11 @@ winner and often picks the wrong one. ``search.reevaluate_by`` says how the
 * ``seeds``: ``search.reevaluate_seeds`` more times, exactly as in the search but seeded anew;
   the winner is the best mean over all of its runs.
 * ``finetune``: once more as in the search, then by the final stage's fine-tune (the very run
-  the final stage would give it as the winner), together with the pool's candidates that have a
-  one-shot baseline's widths (``final.baselines``); the winner is the best by validation
-  accuracy after the fine-tune. The short fitness only shortlists; the protocol whose result
-  the user gets decides, and a one-shot structure wins whenever the search found nothing better
-  on validation.
+  the final stage would give it as the winner), together with the one-shot baselines' width
+  vectors (``final.baselines``; trained as candidates here when the search did not propose
+  them); the winner is the best by validation accuracy after the fine-tune. The short fitness
+  only shortlists; the protocol whose result the user gets decides, and a one-shot structure
+  wins whenever the search found nothing better on validation.
 
 The winner keeps its search checkpoint (the fine-tune starts from it) and the report lists every
 run.
@@ -160,10 +160,11 @@ def finetune_protocol(cfg) -> dict:
 
 
 def finetune_shortlist(rows: list[dict], limit: float, k: int,
-                       oneshot: dict[str, list[int]]) -> list[dict]:
-    """The ``k`` best rows (:func:`top_candidates`), then the ``ok`` rows within the budget
-    that have a one-shot baseline's widths (``oneshot``: name -> widths) and are not among them,
-    each tagged with ``oneshot`` (the baseline's name) where it is one."""
+                       oneshot: dict[str, list[int]]) -> tuple[list[dict], dict[str, list[int]]]:
+    """The ``k`` best rows (:func:`top_candidates`), then the best ``ok`` row within the budget
+    with each one-shot baseline's widths (``oneshot``: name -> widths) not among them, each
+    tagged with ``oneshot`` (the baseline's name, or None); and the one-shot baselines no row
+    has (name -> widths)."""
     names = {tuple(int(w) for w in widths): name for name, widths in oneshot.items()}
     top = top_candidates(rows, limit, k)
     shortlist = [dict(r, oneshot=names.get(tuple(r["widths"]))) for r in top]
@@ -173,7 +174,19 @@ def finetune_shortlist(rows: list[dict], limit: float, k: int,
         if key in names and key not in seen:
             shortlist.append(dict(row, oneshot=names[key]))
             seen.add(key)
-    return shortlist
+    missing = {name: list(w) for w, name in names.items() if w not in seen}
+    return shortlist, missing
+
+
+def oneshot_row(p: Prepared, baseline: dict, name: str, widths: list[int]) -> dict:
+    """A shortlist row for one-shot baseline ``name`` the search never trained (no search
+    checkpoint: :func:`~structsearch.warmstart.retrain_winner` trains it should it win)."""
+    w = [int(v) for v in widths]
+    return {"trial_id": f"oneshot:{name}", "token": -1, "searcher": "oneshot",
+            "origin": f"oneshot:{name}", "widths": w, "macs": int(p.space.macs(w)),
+            "params": int(p.space.params(w)), "macs_ratio": p.space.macs(w) / baseline["macs"],
+            "cost": float(p.view.cost(w)), "val_acc": None, "epochs": p.cfg.search.epochs,
+            "status": "ok", "checkpoint": None, "oneshot": name}
 
 
 def known_finetuned(rows: list[dict], protocol: dict) -> dict[str, float]:
@@ -222,7 +235,8 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
                                  else 0)
     extra = max(spare, 0) * max(s.epochs, 1) // max(cost, 1)
     oneshot = {r["name"]: r["widths"] for r in oneshot_runs(p)}
-    shortlist = finetune_shortlist(rows, p.budget.limit, s.reevaluate + extra, oneshot)
+    shortlist, missing = finetune_shortlist(rows, p.budget.limit, s.reevaluate + extra, oneshot)
+    shortlist += [oneshot_row(p, baseline, n, w) for n, w in missing.items()]
     if s.reevaluate < 1 or protocol["epochs"] < 1 or len(shortlist) < 2:
         best = top_candidates(rows, p.budget.limit, 1)
         return (best[0] if best else None), None
@@ -230,6 +244,7 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
     if file.is_file():
         saved = json.loads(file.read_text())
         finetuned, trained = saved["finetuned"], set(saved.get("trained", []))
+        searched = saved.get("searched", {})
     else:
         known = known_finetuned(shortlist, protocol)
         todo = [r for r in shortlist if r["trial_id"] not in known]
@@ -238,18 +253,23 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
             notes.append(f"{extra} more shortlisted for {spare} candidates the searcher left")
         tops = len(top_candidates(rows, p.budget.limit, s.reevaluate + extra))
         say(f"re-evaluation: the top {tops} candidates and {len(shortlist) - tops} more one-shot "
-            f"structure(s), each fine-tuned {protocol['epochs']} epochs ({'; '.join(notes)})")
+            f"structure(s) ({len(missing)} not proposed by the search), each fine-tuned "
+            f"{protocol['epochs']} epochs ({'; '.join(notes)})")
         configs = [{"candidate": Candidate(r["token"], r["widths"], r["origin"], r["searcher"],
                                            {"repeat": 0, "finetune": protocol}).to_config(),
                     "trial_id": r["trial_id"]} for r in todo]
         results = train_candidates(p, scores, baseline, "reevaluation", configs,
                                    label="re-evaluation (fine-tune)",
                                    fitness=fitness_after_search(p.cfg)) if configs else []
-        finetuned = dict(known)
+        finetuned, searched = dict(known), {}
         for result in results:
             ok = result.error is None and (result.metrics or {}).get("status") == "ok"
-            finetuned[result.config["run"]["trial_id"]] = result.metrics["val_acc"] if ok else 0.0
+            key = result.config["run"]["trial_id"]
+            finetuned[key] = result.metrics["val_acc"] if ok else 0.0
+            if ok and key.startswith("oneshot:"):  # its candidate training's own val acc
+                searched[key] = result.metrics.get("val_acc_before_finetune")
         trained = {r["trial_id"] for r in todo}
-        report.write_json({"finetune": protocol, "finetuned": finetuned,
+        report.write_json({"finetune": protocol, "finetuned": finetuned, "searched": searched,
                            "trained": sorted(trained)}, file)
+    shortlist = [dict(r, val_acc=searched.get(r["trial_id"], r["val_acc"])) for r in shortlist]
     return choose_finetuned(shortlist, finetuned, trained, cost)

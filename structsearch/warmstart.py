@@ -205,7 +205,9 @@ def check_searcher(name: str, warm: bool) -> None:
 
 def retrain_winner(p, scores, baseline: dict, winner: dict) -> dict:
     """A known winner whose weights the source run did not keep, trained once more exactly as
-    in its search (same seed: the same weights on the same hardware) for the final stage."""
+    in its search (same seed: the same weights on the same hardware) for the final stage; or a
+    one-shot structure that won the fine-tune re-evaluation without being a search candidate,
+    trained as a candidate is."""
     from .candidate import Candidate
     from .preflight import say
     from .reevaluate import train_candidates
@@ -216,7 +218,9 @@ def retrain_winner(p, scores, baseline: dict, winner: dict) -> dict:
     if winner.get("known_weights"):
         return dict(winner, checkpoint=winner["known_weights"])
     say(f"winner: {winner['trial_id']} comes from {winner['from_run']}, which kept only its own "
-        f"winner's weights; training it once more as in its search")
+        f"winner's weights; training it once more as in its search" if winner.get("from_run") else
+        f"winner: {winner['trial_id']} is a one-shot structure the search did not train; training "
+        f"it as a candidate for the final stage")
     c = Candidate(0, winner["widths"], winner["origin"], winner["searcher"], {"repeat": 0})
     results = train_candidates(p, scores, baseline, "winner_weights",
                                [{"candidate": c.to_config(), "trial_id": winner["trial_id"]}],

@@ -23,11 +23,17 @@ def test_fine_tune_reevaluation_is_the_final_stages_run(tmp_path, ray_local):
     rows = [r for r in read_candidates(run / "candidates.csv") if r["status"] == "ok"]
     best = sorted(rows, key=lambda r: (-r["val_acc"], r["macs"]))[:2]
     assert {r["trial_id"] for r in best} <= {e["trial_id"] for e in table}
-    # The seeded uniform candidate is a one-shot structure: shortlisted even when not top 2.
+    # The uniform searcher's candidate is the one-shot uniform structure: shortlisted even when
+    # not among the top 2; global:l1's structure, which no candidate has, is trained here.
     uniform = summary["oneshot"]["uniform"]
     tagged = [e for e in table if e["oneshot"] == "uniform"]
     assert len(tagged) == 1
     assert tagged[0]["widths"] == next(r["widths"] for r in rows if r["origin"] == "uniform")
+    assert not any(r["widths"] == summary["oneshot"]["global:l1"]["widths"] for r in rows)
+    extra = next(e for e in table if e["oneshot"] == "global:l1")
+    assert extra["trial_id"] == "oneshot:global:l1" and 0.1 < extra["val_acc_search"] <= 1.0
+    assert summary["oneshot"]["global:l1"]["val_acc"] == pytest.approx(extra["val_acc_finetuned"],
+                                                                        abs=1e-9)
     assert [e["val_acc_finetuned"] for e in table] == sorted(
         (e["val_acc_finetuned"] for e in table), reverse=True)
     assert all(e["epochs"] == 1 + 2 for e in table)
@@ -44,11 +50,12 @@ def test_shortlist_adds_one_shot_structures_once():
             for t, v, c, m, w in (("a", 0.9, 1.0, 10, [4, 4]), ("b", 0.8, 1.0, 9, [2, 6]),
                                   ("c", 0.7, 1.0, 8, [3, 5]), ("d", 0.95, 2.0, 8, [6, 6]),
                                   ("e", 0.6, 1.0, 7, [3, 5]))]
-    got = finetune_shortlist(rows, 1.0, 1, {"uniform": [3, 5], "global:l1": [4, 4],
-                                            "over": [6, 6]})
+    got, missing = finetune_shortlist(rows, 1.0, 1, {"uniform": [3, 5], "global:l1": [4, 4],
+                                                     "over": [6, 6], "new": [1, 7]})
     # a is top and global:l1's; c (not e: the better row of the same widths) is uniform's;
-    # d is over the budget.
+    # d is over the budget (so "over" counts as missing, as "new" does).
     assert [(r["trial_id"], r["oneshot"]) for r in got] == [("a", "global:l1"), ("c", "uniform")]
+    assert missing == {"over": [6, 6], "new": [1, 7]}
 
 
 def test_warm_start_reuses_known_fine_tune_scores(tmp_path, ray_local):
@@ -70,3 +77,30 @@ def test_warm_start_reuses_known_fine_tune_scores(tmp_path, ray_local):
     other = C.from_dict(digits_run(final={"finetune_epochs": 2, "finetune_lr": 0.01}))
     assert known_finetuned(rows, finetune_protocol(C.from_dict(cfg))) == saved["finetuned"]
     assert known_finetuned(rows, finetune_protocol(other)) == {}
+
+
+def test_a_one_shot_structure_the_search_did_not_train_can_win(tmp_path, ray_local, monkeypatch):
+    """When global:l1's structure (not a search candidate) wins the re-evaluation, it is trained
+    as a candidate for the final stage and its fine-tune is the one-shot baseline's run."""
+    from structsearch import reevaluate
+    from structsearch.pipeline import run_search
+    choose = reevaluate.choose_finetuned
+
+    def prefer_global(shortlist, finetuned, trained, epochs):
+        finetuned = dict(finetuned, **{"oneshot:global:l1": 2.0})  # above any accuracy
+        return choose(shortlist, finetuned, trained, epochs)
+
+    monkeypatch.setattr(reevaluate, "choose_finetuned", prefer_global)
+    cfg = digits_run(baseline={"epochs": 1},
+                     search={"searcher": "seeded", "seeds": ["uniform"], "candidates": 1,
+                             "reevaluate": 1, "reevaluate_by": "finetune"},
+                     final={"finetune_epochs": 1, "finetune_lr": 0.01,
+                            "baselines": ["uniform", "global"]})
+    run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    shot = summary["oneshot"]["global:l1"]
+    assert summary["winner"]["origin"] == "oneshot:global:l1"
+    assert summary["winner"]["widths"] == shot["widths"]
+    assert 0.1 < summary["winner"]["val_acc"] <= 1.0  # its candidate training's, as a row's
+    assert summary["finetune"]["test_acc"] == shot["test_acc"]  # the same run: the same images
+    assert (run / "tune" / "winner_weights").is_dir()
