@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from . import report
+from . import models, report
 from .config import Config, fine_tune_epochs, scratch_b_cap
 from .preflight import Prepared, say
 from .needs import seed_proposals
-from .surgery import save_pruned
+from .surgery import prune, save_pruned
 
 # What a final-stage run's metrics.json keeps.
 FINAL_METRICS = ("val_acc", "test_acc", "test_loss", "epochs", "lr", "seconds")
@@ -88,3 +88,14 @@ def measure_untrained(p: Prepared, runs: dict, setup, baseline_state: dict,
         done[key] = {k: entry.get(k) for k in FINAL_METRICS}
         report.write_json(done[key], out / "metrics.json")
     return done
+
+
+def save_trained(p: Prepared, widths, checkpoint, out: Path, extra: dict | None = None) -> dict:
+    """Save a trial's trained weights (its Tune checkpoint, or the checkpoint's path/URI) as
+    ``out/arch.json`` + ``out/weights.pt``; returns the state_dict."""
+    from trainables.checkpoint import checkpoint_weights
+    state = checkpoint_weights(checkpoint)
+    model = prune(models.build(p.cfg.model.name, **p.model_kwargs), p.space, widths)
+    model.load_state_dict(state)
+    save_pruned(model, p.space, widths, out, extra=extra)
+    return state

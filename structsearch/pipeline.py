@@ -21,19 +21,20 @@ from pathlib import Path
 import torch
 
 from . import journal as search_journal
-from . import entrypoints, models, report, rundir, twostage, warmstart
+from . import entrypoints, report, rundir, twostage, warmstart
 from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
-from .finalruns import FINAL_METRICS, final_runs, finished_runs, measure_untrained, oneshot_runs, run_dir_of
+from .finalruns import (FINAL_METRICS, final_runs, finished_runs, measure_untrained, oneshot_runs,
+                        run_dir_of, save_trained)
 from .reevaluate import stage_reevaluate
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
 from .rundir import RunDirError
 from .summary import SearchFailed
 from .sparsity import regularizer
-from .surgery import WEIGHTS_FILE, load_pruned, load_state_dict_file, prune, save_pruned
+from .surgery import WEIGHTS_FILE, load_pruned, load_state_dict_file
 from .timing import speedup
 from .train import TrainSpec, evaluate, train
 
@@ -210,11 +211,15 @@ def stage_search(p: Prepared, scores, baseline: dict, core, *, journal: Journal 
         recorder = JournalRecorder(journal, path, searcher, row_maker(p, baseline),
                                    lambda: scheduler_state(scheduler))
         state = {k: v.cpu() for k, v in p.model.state_dict().items()}
-        experiment(p, "search", candidate_trainable, fresh=False, search_alg=searcher,
-                   num_samples=remaining, concurrent=p.cfg.search.concurrent, scheduler=scheduler,
-                   callbacks=[progress, recorder], max_failures=p.cfg.search.max_failures,
-                   keep_checkpoints=1,
-                   params={"setup": trial_setup(p, scores, baseline), "baseline_state": state})
+        try:
+            experiment(p, "search", candidate_trainable, fresh=False, search_alg=searcher,
+                       num_samples=remaining, concurrent=p.cfg.search.concurrent,
+                       scheduler=scheduler, callbacks=[progress, recorder], keep_checkpoints=1,
+                       max_failures=p.cfg.search.max_failures,
+                       params={"setup": trial_setup(p, scores, baseline), "baseline_state": state})
+        except KeyboardInterrupt:  # Ctrl-C: the finished candidates still go to the journal
+            finish_journal(recorder, path, searcher, core)
+            raise
         journal = finish_journal(recorder, path, searcher, core)
     rows = sorted((dict(t["row"], checkpoint=t["checkpoint"]) for t in journal.trials),
                   key=lambda r: r["token"])
@@ -299,17 +304,6 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
 
 
 # ---------------------------------------------------------------------------- winner
-def save_trained(p: Prepared, widths, checkpoint, out: Path, extra: dict | None = None) -> dict:
-    """Save a trial's trained weights (its Tune checkpoint, or the checkpoint's path/URI) as
-    ``out/arch.json`` + ``out/weights.pt``; returns the state_dict."""
-    from trainables.checkpoint import checkpoint_weights
-    state = checkpoint_weights(checkpoint)
-    model = prune(models.build(p.cfg.model.name, **p.model_kwargs), p.space, widths)
-    model.load_state_dict(state)
-    save_pruned(model, p.space, widths, out, extra=extra)
-    return state
-
-
 def keep_winner(p: Prepared, rows: list[dict], winner: dict, summary: dict) -> dict:
     """winner/ (arch.json + weights.pt) and the summary's winner entry; the other candidates'
     checkpoints are deleted. Returns the winner's trained state_dict."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -71,10 +73,16 @@ class QuietTokenNotice(logging.Filter):
 
 class NoTunerRestoreHint(logging.Filter):
     """Tune ends an interrupted run with "Resume experiment with: Tuner.restore(...)"; structsearch
-    resumes from its own journal and says so itself ("continue with --resume")."""
+    resumes from its own journal and says so itself ("continue with --resume"). Tune says so
+    only when Ctrl-C (or SIGTERM, see :mod:`.signals`) stopped the experiment: ``interrupted``."""
+
+    interrupted = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tuner.restore(" not in record.getMessage()
+        if "Tuner.restore(" in record.getMessage():
+            self.interrupted = True
+            return False
+        return True
 
 
 def run_experiment(name: str, trainable, *, storage: str, resources: dict, params: dict,
@@ -97,10 +105,19 @@ def run_experiment(name: str, trainable, *, storage: str, resources: dict, param
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints)))
     hint = NoTunerRestoreHint()
     logging.getLogger("ray.tune.tune").addFilter(hint)
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
     try:
-        return tuner.fit()
+        results = tuner.fit()
     finally:
         logging.getLogger("ray.tune.tune").removeFilter(hint)
+        if main:  # Tune leaves its own Ctrl-C handler behind after a run that ended normally:
+            signal.signal(signal.SIGINT, handler)  # a later Ctrl-C would only set its dead flag
+    if hint.interrupted:
+        # Tune returns normally after Ctrl-C, with the unfinished trials cut short: no stage may
+        # go on with them (the search stage writes its journal first, see stage_search).
+        raise KeyboardInterrupt
+    return results
 
 
 class Progress(tune.Callback):

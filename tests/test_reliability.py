@@ -72,6 +72,33 @@ def test_journal_write_failure_stops_cleanly(tmp_path, ray_local, monkeypatch):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def test_ctrl_c_stops_every_stage_not_only_the_search(tmp_path, ray_local):
+    """Tune returns normally after Ctrl-C: run_experiment raises KeyboardInterrupt instead, so
+    no stage (re-evaluation, final) goes on with trials cut short; after an experiment that
+    ended normally Ctrl-C is the caller's again (Tune leaves its own handler behind)."""
+    from ray import tune
+
+    from structsearch.tuning import run_experiment
+    driver = os.getpid()
+
+    def interrupting(config):
+        if config["stop"]:
+            os.kill(driver, signal.SIGINT)  # Ctrl-C at the driver while this trial trains
+            time.sleep(60)
+        tune.report({"done": 1})
+
+    before = signal.getsignal(signal.SIGINT)
+    common = dict(storage=str(tmp_path), resources={"cpu": 1}, params={})
+    results = run_experiment("normal", interrupting, param_space={"stop": False}, **common)
+    assert results[0].metrics["done"] == 1
+    assert signal.getsignal(signal.SIGINT) is before
+    start = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("stopped", interrupting, param_space={"stop": True}, **common)
+    assert time.time() - start < 50, "the interrupted trial was stopped, not waited for"
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def _start(cfg_path, out, env_extra=None, resume=False):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     args = [sys.executable, "-m", "structsearch.cli", "search", str(cfg_path), "--out", str(out)]
