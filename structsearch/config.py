@@ -112,7 +112,8 @@ class SearchConfig:
     storage_path: str | None = None  # Tune storage (shared FS path or URI) for clusters
     max_failures: int = 0  # retries of a trial that raised (transient errors)
     # No winner's curse: the top `reevaluate` candidates train `reevaluate_seeds` more times
-    # under other seeds and the winner is the best mean (0 or 1: the single best run wins).
+    # under other seeds and the winner is the best mean (0 or 1: the single best run wins;
+    # with reevaluate_by finetune, 0: off, 1: the best run against the one-shot structures).
     reevaluate: int = 3
     reevaluate_seeds: int = 1
     # How the top candidates are re-evaluated: "seeds" (`reevaluate_seeds` more trainings at the

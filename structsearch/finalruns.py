@@ -99,3 +99,29 @@ def save_trained(p: Prepared, widths, checkpoint, out: Path, extra: dict | None 
     model.load_state_dict(state)
     save_pruned(model, p.space, widths, out, extra=extra)
     return state
+
+
+def keep_final_results(p: Prepared, runs: dict, results, baseline: dict) -> dict:
+    """Save each final-stage trial that finished (``runs``: key -> run; ``results``: Tune's)
+    as RUN_DIR/winner/<protocol>/ or oneshot/<name>/ with its metrics.json; returns their
+    entries. A failed run is said; one cut short by Ctrl-C is left for --resume."""
+    done = {}
+    for result in results:
+        key = result.config["protocol"]
+        if result.error is not None:
+            say(f"final: {key} failed: {str(result.error).splitlines()[-1][:200]}")
+            continue
+        if result.checkpoint is None or "test_acc" not in (result.metrics or {}):
+            continue  # stopped before its last report
+        run = runs[key]
+        entry = {k: result.metrics.get(k) for k in FINAL_METRICS}
+        if run.get("source") == "oneshot":
+            w = run["widths"]
+            entry.update(widths=w, macs=int(p.space.macs(w)), params=int(p.space.params(w)),
+                         macs_ratio=float(p.space.macs(w)) / baseline["macs"],
+                         cost=float(p.view.cost(w)), pre_epochs=p.cfg.search.epochs)
+        out = run_dir_of(p, run)
+        save_trained(p, run["widths"], result.checkpoint, out)
+        report.write_json(entry, out / "metrics.json")
+        done[key] = entry
+    return done

@@ -26,8 +26,8 @@ from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
-from .finalruns import (FINAL_METRICS, final_runs, finished_runs, measure_untrained, oneshot_runs,
-                        run_dir_of, save_trained)
+from .finalruns import (final_runs, finished_runs, keep_final_results, measure_untrained,
+                        oneshot_runs, save_trained)
 from .reevaluate import stage_reevaluate
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
@@ -266,7 +266,7 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
 
     from trainables.final import final_trainable
 
-    from .tuning import Progress
+    from .tuning import Interrupted, Progress
     every = final_runs(p.cfg, baseline, winner) + oneshot_runs(p)
     done = finished_runs(p, every)  # on --resume
     runs = {r["key"]: r for r in every if r["key"] not in done}
@@ -279,28 +279,16 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         return done
     say("final: " + ", ".join(f"{k} {r['epochs']} ep" for k, r in runs.items()) + " in parallel")
     describe = lambda trial: (trial.config["protocol"], (trial.last_result or {}).get("val_acc"), "")  # noqa: E731
-    results = experiment(
-        p, "final", final_trainable, param_space={"protocol": tune.grid_search(list(runs))},
-        concurrent=len(runs), callbacks=[Progress(len(runs), "final", describe)],
-        params={"setup": setup, "baseline_state": state, "winner_state": winner_state,
-                "runs": runs})
-    for result in results:
-        key = result.config["protocol"]
-        if result.error is not None:
-            say(f"final: {key} failed: {str(result.error).splitlines()[-1][:200]}")
-            continue
-        run = runs[key]
-        entry = {k: result.metrics.get(k) for k in FINAL_METRICS}
-        if run.get("source") == "oneshot":
-            w = run["widths"]
-            entry.update(widths=w, macs=int(p.space.macs(w)), params=int(p.space.params(w)),
-                         macs_ratio=float(p.space.macs(w)) / baseline["macs"],
-                         cost=float(p.view.cost(w)), pre_epochs=p.cfg.search.epochs)
-        out = run_dir_of(p, run)
-        save_trained(p, run["widths"], result.checkpoint, out)
-        report.write_json(entry, out / "metrics.json")
-        done[key] = entry
-    return done
+    try:
+        results = experiment(
+            p, "final", final_trainable, param_space={"protocol": tune.grid_search(list(runs))},
+            concurrent=len(runs), callbacks=[Progress(len(runs), "final", describe)],
+            params={"setup": setup, "baseline_state": state, "winner_state": winner_state,
+                    "runs": runs})
+    except Interrupted as stop:  # Ctrl-C: the runs that finished are kept for --resume
+        keep_final_results(p, runs, stop.results, baseline)
+        raise
+    return {**done, **keep_final_results(p, runs, results, baseline)}
 
 
 # ---------------------------------------------------------------------------- winner

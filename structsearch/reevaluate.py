@@ -207,19 +207,23 @@ def known_finetuned(rows: list[dict], protocol: dict) -> dict[str, float]:
     return out
 
 
-def choose_finetuned(shortlist: list[dict], finetuned: dict[str, float],
-                     trained: set[str], epochs: int) -> tuple[dict, list[dict]]:
-    """The winner by fine-tuned validation accuracy (ties: fewer MACs) and the table of the
-    shortlist (best first); ``trained``: the trial ids this run trained (``epochs`` each)."""
+def choose_finetuned(shortlist: list[dict], finetuned: dict[str, float | None],
+                     epochs: dict[str, int]) -> tuple[dict, list[dict]]:
+    """The winner by fine-tuned validation accuracy (ties: fewer MACs; a failed fine-tune,
+    None, never wins: with every one failed, the best search row) and the table of the
+    shortlist (best first); ``epochs``: what this run trained for each trial id."""
+    score = lambda r: finetuned.get(r["trial_id"])  # noqa: E731
     table = [{"trial_id": r["trial_id"], "origin": r["origin"], "oneshot": r.get("oneshot"),
               "widths": list(r["widths"]), "macs_ratio": r["macs_ratio"],
               "val_acc_search": r["val_acc"], "val_acc_repeats": [],
-              "val_acc_finetuned": finetuned.get(r["trial_id"], 0.0),
-              "val_acc_mean": finetuned.get(r["trial_id"], 0.0),
-              "epochs": epochs if r["trial_id"] in trained else 0, "macs": r["macs"]}
+              "val_acc_finetuned": score(r), "val_acc_mean": score(r),
+              "epochs": epochs.get(r["trial_id"], 0), "macs": r["macs"]}
              for r in shortlist]
-    table.sort(key=lambda e: (-e["val_acc_finetuned"], e["macs"]))
-    winner = next(r for r in shortlist if r["trial_id"] == table[0]["trial_id"])
+    table.sort(key=lambda e: (e["val_acc_finetuned"] is None, -(e["val_acc_finetuned"] or 0),
+                              e["macs"]))
+    best = table[0]["trial_id"] if table[0]["val_acc_finetuned"] is not None else \
+        next(r["trial_id"] for r in shortlist if r.get("val_acc") is not None)
+    winner = next(r for r in shortlist if r["trial_id"] == best)
     return {k: v for k, v in winner.items() if k != "oneshot"}, \
         [{k: v for k, v in e.items() if k != "macs"} for e in table]
 
@@ -231,9 +235,9 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
     from .finalruns import oneshot_runs
     from .twostage import fitness_after_search
     s, protocol = p.cfg.search, finetune_protocol(p.cfg)
-    cost = protocol["epochs"] + (protocol["search_epochs"] if fitness_after_search(p.cfg) == "train"
-                                 else 0)
-    extra = max(spare, 0) * max(s.epochs, 1) // max(cost, 1)
+    trains = fitness_after_search(p.cfg) == "train"
+    # Spare trained candidates pay for more fine-tunes (adaptive-BN ones cost no epochs).
+    extra = max(spare, 0) * s.epochs // (protocol["epochs"] + s.epochs) if trains else 0
     oneshot = {r["name"]: r["widths"] for r in oneshot_runs(p)}
     shortlist, missing = finetune_shortlist(rows, p.budget.limit, s.reevaluate + extra, oneshot)
     shortlist += [oneshot_row(p, baseline, n, w) for n, w in missing.items()]
@@ -243,8 +247,7 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
     file = p.run_dir / "reevaluation.json"
     if file.is_file():
         saved = json.loads(file.read_text())
-        finetuned, trained = saved["finetuned"], set(saved.get("trained", []))
-        searched = saved.get("searched", {})
+        finetuned, epochs, searched = saved["finetuned"], saved["epochs"], saved["searched"]
     else:
         known = known_finetuned(shortlist, protocol)
         todo = [r for r in shortlist if r["trial_id"] not in known]
@@ -255,9 +258,15 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
         say(f"re-evaluation: the top {tops} candidates and {len(shortlist) - tops} more one-shot "
             f"structure(s) ({len(missing)} not proposed by the search), each fine-tuned "
             f"{protocol['epochs']} epochs ({'; '.join(notes)})")
-        configs = [{"candidate": Candidate(r["token"], r["widths"], r["origin"], r["searcher"],
-                                           {"repeat": 0, "finetune": protocol}).to_config(),
-                    "trial_id": r["trial_id"]} for r in todo]
+        # From its search checkpoint where the candidate has one (the final stage's start);
+        # a one-shot structure the search never trained is trained as a candidate first.
+        weights = {r["trial_id"]: r.get("checkpoint") or r.get("known_weights") for r in todo}
+        epochs = {k: protocol["epochs"] + (0 if w or not trains else s.epochs)
+                  for k, w in weights.items()}
+        configs = [{"candidate": Candidate(r["token"], r["widths"], r["origin"], r["searcher"], {
+            "repeat": 0, "finetune": protocol,
+            **({"weights": str(weights[r["trial_id"]])} if weights[r["trial_id"]] else {})
+        }).to_config(), "trial_id": r["trial_id"]} for r in todo]
         results = train_candidates(p, scores, baseline, "reevaluation", configs,
                                    label="re-evaluation (fine-tune)",
                                    fitness=fitness_after_search(p.cfg)) if configs else []
@@ -265,11 +274,10 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
         for result in results:
             ok = result.error is None and (result.metrics or {}).get("status") == "ok"
             key = result.config["run"]["trial_id"]
-            finetuned[key] = result.metrics["val_acc"] if ok else 0.0
+            finetuned[key] = result.metrics["val_acc"] if ok else None  # None: it failed
             if ok and key.startswith("oneshot:"):  # its candidate training's own val acc
                 searched[key] = result.metrics.get("val_acc_before_finetune")
-        trained = {r["trial_id"] for r in todo}
         report.write_json({"finetune": protocol, "finetuned": finetuned, "searched": searched,
-                           "trained": sorted(trained)}, file)
+                           "epochs": epochs}, file)
     shortlist = [dict(r, val_acc=searched.get(r["trial_id"], r["val_acc"])) for r in shortlist]
-    return choose_finetuned(shortlist, finetuned, trained, cost)
+    return choose_finetuned(shortlist, finetuned, epochs)

@@ -74,15 +74,29 @@ class QuietTokenNotice(logging.Filter):
 class NoTunerRestoreHint(logging.Filter):
     """Tune ends an interrupted run with "Resume experiment with: Tuner.restore(...)"; structsearch
     resumes from its own journal and says so itself ("continue with --resume"). Tune says so
-    only when Ctrl-C (or SIGTERM, see :mod:`.signals`) stopped the experiment: ``interrupted``."""
+    only when Ctrl-C (or SIGTERM, see :mod:`.signals`) stopped the experiment: ``interrupted``.
+    Records below ``level`` (the logger's own before the experiment) are dropped."""
 
     interrupted = False
+
+    def __init__(self, level: int = logging.NOTSET):
+        super().__init__()
+        self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "Tuner.restore(" in record.getMessage():
             self.interrupted = True
             return False
-        return True
+        return record.levelno >= self.level
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a Tune experiment; ``results`` is its ResultGrid (finished trials and the
+    ones cut short), for a stage to keep what finished."""
+
+    def __init__(self, results):
+        super().__init__()
+        self.results = results
 
 
 def run_experiment(name: str, trainable, *, storage: str, resources: dict, params: dict,
@@ -103,20 +117,24 @@ def run_experiment(name: str, trainable, *, storage: str, resources: dict, param
                                   callbacks=list(callbacks),
                                   failure_config=tune.FailureConfig(max_failures=max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints)))
-    hint = NoTunerRestoreHint()
-    logging.getLogger("ray.tune.tune").addFilter(hint)
+    # Tune's warnings reach the hint even where the caller silenced them (it drops them again).
+    log = logging.getLogger("ray.tune.tune")
+    level, hint = log.level, NoTunerRestoreHint(log.getEffectiveLevel())
+    log.addFilter(hint)
+    log.setLevel(min(log.getEffectiveLevel(), logging.WARNING))
     main = threading.current_thread() is threading.main_thread()
     handler = signal.getsignal(signal.SIGINT) if main else None
     try:
         results = tuner.fit()
     finally:
-        logging.getLogger("ray.tune.tune").removeFilter(hint)
-        if main:  # Tune leaves its own Ctrl-C handler behind after a run that ended normally:
+        log.removeFilter(hint)
+        log.setLevel(level)
+        if handler is not None:  # Tune leaves its Ctrl-C handler behind after a normal end:
             signal.signal(signal.SIGINT, handler)  # a later Ctrl-C would only set its dead flag
     if hint.interrupted:
         # Tune returns normally after Ctrl-C, with the unfinished trials cut short: no stage may
-        # go on with them (the search stage writes its journal first, see stage_search).
-        raise KeyboardInterrupt
+        # go on with them (stage_search writes its journal and stage_final keeps what finished).
+        raise Interrupted(results)
     return results
 
 

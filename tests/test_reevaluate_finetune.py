@@ -36,7 +36,9 @@ def test_fine_tune_reevaluation_is_the_final_stages_run(tmp_path, ray_local):
                                                                         abs=1e-9)
     assert [e["val_acc_finetuned"] for e in table] == sorted(
         (e["val_acc_finetuned"] for e in table), reverse=True)
-    assert all(e["epochs"] == 1 + 2 for e in table)
+    # Search candidates fine-tune from their search checkpoints (2 epochs); a one-shot structure
+    # the search never trained is trained as a candidate first (1 + 2).
+    assert all(e["epochs"] == (3 if e["trial_id"].startswith("oneshot:") else 2) for e in table)
     assert summary["winner"]["trial_id"] == table[0]["trial_id"]
     # The re-evaluation trained exactly the run the final stage gives the winner / a baseline.
     assert summary["finetune"]["val_acc"] == pytest.approx(table[0]["val_acc_finetuned"], abs=1e-9)
@@ -86,9 +88,9 @@ def test_a_one_shot_structure_the_search_did_not_train_can_win(tmp_path, ray_loc
     from structsearch.pipeline import run_search
     choose = reevaluate.choose_finetuned
 
-    def prefer_global(shortlist, finetuned, trained, epochs):
+    def prefer_global(shortlist, finetuned, epochs):
         finetuned = dict(finetuned, **{"oneshot:global:l1": 2.0})  # above any accuracy
-        return choose(shortlist, finetuned, trained, epochs)
+        return choose(shortlist, finetuned, epochs)
 
     monkeypatch.setattr(reevaluate, "choose_finetuned", prefer_global)
     cfg = digits_run(baseline={"epochs": 1},
@@ -104,3 +106,32 @@ def test_a_one_shot_structure_the_search_did_not_train_can_win(tmp_path, ray_loc
     assert 0.1 < summary["winner"]["val_acc"] <= 1.0  # its candidate training's, as a row's
     assert summary["finetune"]["test_acc"] == shot["test_acc"]  # the same run: the same images
     assert (run / "tune" / "winner_weights").is_dir()
+
+
+def test_a_failed_fine_tune_never_wins():
+    from structsearch.reevaluate import choose_finetuned
+    rows = [{"trial_id": t, "origin": "x", "widths": [1], "macs_ratio": 0.1, "val_acc": v,
+             "macs": m} for t, v, m in (("a", 0.9, 5), ("b", 0.8, 4), ("oneshot:u", None, 3))]
+    winner, table = choose_finetuned(rows, {"a": None, "b": 0.5, "oneshot:u": 0.5}, {})
+    assert winner["trial_id"] == "oneshot:u"  # the tie goes to fewer MACs
+    assert [e["trial_id"] for e in table] == ["oneshot:u", "b", "a"]
+    winner, table = choose_finetuned(rows, {"a": None, "b": None, "oneshot:u": None}, {})
+    assert winner["trial_id"] == "a"  # every fine-tune failed: the best search row
+
+
+def test_adaptive_bn_one_shot_baselines_match_their_reevaluation(tmp_path, ray_local):
+    """With the adaptive-BN fitness a candidate is its recalibrated cut; a one-shot baseline is
+    brought to the same point before its fine-tune, so its re-evaluation is its final run."""
+    from structsearch.pipeline import run_search
+    cfg = digits_run(baseline={"epochs": 1},
+                     search={"searcher": "random", "candidates": 3, "fitness": "adaptive_bn",
+                             "reevaluate": 1, "reevaluate_by": "finetune"},
+                     final={"finetune_epochs": 1, "finetune_lr": 0.01, "baselines": ["uniform"]})
+    run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    entry = next(e for e in summary["reevaluation"] if e["oneshot"] == "uniform")
+    assert entry["epochs"] == 1  # adaptive BN trains nothing before the fine-tune
+    assert summary["oneshot"]["uniform"]["val_acc"] == pytest.approx(entry["val_acc_finetuned"],
+                                                                      abs=1e-9)
+    assert summary["finetune"]["val_acc"] == pytest.approx(
+        summary["reevaluation"][0]["val_acc_finetuned"], abs=1e-9)

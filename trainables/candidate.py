@@ -8,7 +8,8 @@ default; ``original``: the run seed's initial weights, DropNet's reset) and ``ch
 ``channel_scores``: one flat list of floats, group after group, in ascending order of each
 group's kept root channels, for DropNet's next step) and ``finetune`` (``{"epochs", "lr"}``: after
 its training, the candidate gets the final stage's fine-tune and reports the validation accuracy
-after it, a re-evaluation by ``search.reevaluate_by: finetune``).
+after it, a re-evaluation by ``search.reevaluate_by: finetune``; with ``weights``, a search
+checkpoint, it is not trained again but fine-tuned from there, as the final stage does).
 """
 from __future__ import annotations
 
@@ -22,11 +23,12 @@ from ray import tune
 from structsearch.candidate import Candidate
 from structsearch.train import evaluate, recalibrate_bn, train
 
-from .checkpoint import report_with_weights
+from .checkpoint import checkpoint_weights, report_with_weights
 from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial,
                      injected_fault, kept_channel_scores, load_splits, needs_batches,
                      reconstruction_batches,
                      widths_seed)
+from .final import winner_model
 
 
 def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict) -> None:
@@ -41,6 +43,14 @@ def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict
         raise RuntimeError("injected fault (search.fault_injection)")
     device = device_for_trial()
     splits = load_splits(setup.data_spec, device)
+    if options.get("weights"):
+        # A fine-tune re-evaluation of a search candidate starts where the final stage would:
+        # from the candidate's own search checkpoint (its options, e.g. DropNet's keep, stand).
+        model = winner_model(setup, baseline_state, checkpoint_weights(options["weights"]),
+                             widths, "finetune")
+        final = _finetune(model, setup, splits, device, options["finetune"], {"val_acc": None},
+                          start)
+        return report_with_weights(dict(final, seconds=time.perf_counter() - start), model)
     original = options.get("init", "inherit") == "original"
     reconstructed = setup.reconstruct and not original
     model = build_pruned_model(setup, baseline_state, widths, inherit=not original,

@@ -10,7 +10,7 @@ import time
 import torch
 from ray import tune
 
-from structsearch.train import TrainSpec, evaluate, train
+from structsearch.train import TrainSpec, evaluate, recalibrate_bn, train
 
 from .checkpoint import report_with_weights
 from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_trial, load_splits,
@@ -89,12 +89,16 @@ def oneshot_candidate(setup: TrialSetup, baseline_state: dict, widths, splits,
                       device: str) -> torch.nn.Module:
     """A one-shot baseline brought to where the winner starts its fine-tune: cut from the
     baseline by the run's criterion (and reconstruction), then trained as a candidate is (the
-    search's epochs, lr and schedule, seeded by its widths)."""
+    search's epochs, lr and schedule, seeded by its widths; with the adaptive-BN fitness, its BN
+    statistics recalibrated as a candidate's are)."""
     batches = reconstruction_batches(splits.train, setup.seed) if needs_batches(setup, True) \
         else None
     model = build_pruned_model(setup, baseline_state, widths, inherit=True, batches=batches)
     if setup.fitness == "train" and setup.train.epochs > 0:
         train(model, splits.train, setup.train, device=device,
               seed=widths_seed(widths, setup.seed))
+    elif setup.fitness == "adaptive_bn":  # where an adaptive-BN candidate is left (EagleEye)
+        recalibrate_bn(model, splits.train, batches=50, batch_size=setup.train.batch_size,
+                       device=device, seed=widths_seed(widths, setup.seed))
     torch.manual_seed(setup.seed + 11)
     return model
