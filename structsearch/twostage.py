@@ -29,6 +29,7 @@ def fitness_after_search(cfg) -> str:
 def stage_train_top(p: Prepared, scores, baseline: dict, rows: list[dict]) -> list[dict]:
     """The rows the winner is picked from: ``rows`` in one stage; with ``search.train_top``,
     the best first-stage candidates trained (their new rows, each with its checkpoint)."""
+    from .tuning import checkpoint_uri
     s = p.cfg.search
     if not s.train_top:
         return rows
@@ -52,7 +53,7 @@ def stage_train_top(p: Prepared, scores, baseline: dict, rows: list[dict]) -> li
                          metrics=dict(result.metrics or {}, trial_id=None), error=error,
                          macs=p.space.macs(w), params=p.space.params(w), cost=p.view.cost(w),
                          baseline_macs=baseline["macs"], full_epochs=s.epochs)
-        row["checkpoint"] = result.checkpoint.path if result.checkpoint is not None else None
+        row["checkpoint"] = checkpoint_uri(result.checkpoint)  # a URI on remote storage
         row["explored_acc"] = run["explored"]
         trained.append(row)
     trained.sort(key=lambda r: r["token"])

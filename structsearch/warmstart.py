@@ -228,6 +228,6 @@ def retrain_winner(p, scores, baseline: dict, winner: dict) -> dict:
                                fitness=fitness_after_search(p.cfg))
     result = results[0]
     if result.error is not None or result.checkpoint is None:
-        raise SearchFailed(f"the known winner {winner['trial_id']} could not be trained again: "
+        raise SearchFailed(f"the winner {winner['trial_id']} could not be trained again: "
                           f"{str(result.error).splitlines()[-1][:200] if result.error else 'no weights'}")
     return dict(winner, checkpoint=result.checkpoint)
