@@ -115,13 +115,53 @@ def keep_final_results(p: Prepared, runs: dict, results, baseline: dict) -> dict
             continue  # stopped before its last report
         run = runs[key]
         entry = {k: result.metrics.get(k) for k in FINAL_METRICS}
-        if run.get("source") == "oneshot":
-            w = run["widths"]
-            entry.update(widths=w, macs=int(p.space.macs(w)), params=int(p.space.params(w)),
-                         macs_ratio=float(p.space.macs(w)) / baseline["macs"],
-                         cost=float(p.view.cost(w)), pre_epochs=p.cfg.search.epochs)
         out = run_dir_of(p, run)
         save_trained(p, run["widths"], result.checkpoint, out)
-        report.write_json(entry, out / "metrics.json")
-        done[key] = entry
+        done[key] = write_entry(p, run, entry, baseline, out)
+    return done
+
+
+def write_entry(p: Prepared, run: dict, entry: dict, baseline: dict, out: Path) -> dict:
+    """``out/metrics.json`` of a final-stage run (a one-shot baseline's with its structure)."""
+    if run.get("source") == "oneshot":
+        w = run["widths"]
+        entry.update(widths=w, macs=int(p.space.macs(w)), params=int(p.space.params(w)),
+                     macs_ratio=float(p.space.macs(w)) / baseline["macs"],
+                     cost=float(p.view.cost(w)), pre_epochs=p.cfg.search.epochs)
+    report.write_json(entry, out / "metrics.json")
+    return entry
+
+
+def adopt_reevaluated(p: Prepared, runs: dict, winner: dict, baseline: dict) -> dict:
+    """Take out of ``runs`` the fine-tunes a ``reevaluate_by: finetune`` re-evaluation already
+    trained (the winner's and the one-shot baselines': the same runs, see
+    :mod:`~structsearch.reevaluate`) under the same epochs and lr, measure each here from its
+    checkpoint and save it as a finished run; returns their entries. A checkpoint that cannot
+    be read leaves its run to train."""
+    from .surgery import load_pruned
+    from .train import evaluate
+    file = p.run_dir / "reevaluation.json"
+    saved = json.loads(file.read_text()) if file.is_file() else {}
+    kept, protocol = saved.get("finetuned_runs") or {}, saved.get("finetune") or {}
+    trial_of = dict({f"oneshot:{n}": t for n, t in (saved.get("oneshot") or {}).items()},
+                    finetune=winner["trial_id"])
+    done = {}
+    for key, trial in trial_of.items():
+        run = runs.get(key)
+        if run is None or trial not in kept or (int(run["epochs"]), float(run["lr"])) != (
+                protocol.get("epochs"), protocol.get("lr")):
+            continue
+        out = run_dir_of(p, run)
+        try:
+            save_trained(p, run["widths"], kept[trial]["checkpoint"], out)
+        except (OSError, RuntimeError, ValueError) as exc:
+            say(f"final: {key} trains again (its re-evaluation checkpoint: {exc})")
+            continue
+        model = load_pruned(out)
+        val, test = (evaluate(model, split, device=p.device) for split in (p.splits.val, p.splits.test))
+        entry = {"val_acc": val["top1"], "test_acc": test["top1"], "test_loss": test["loss"],
+                 "epochs": run["epochs"], "lr": run["lr"], "seconds": kept[trial]["seconds"]}
+        done[key] = write_entry(p, runs.pop(key), entry, baseline, out)
+        say(f"final: {key} {run['epochs']} ep is re-evaluation run {trial}: val "
+            f"{100 * entry['val_acc']:.2f}%")
     return done

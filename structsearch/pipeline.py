@@ -26,8 +26,8 @@ from . import summary as summaries
 from .candidate import Candidate, pick_winner, result_row
 from .config import Config
 from .journal import Journal, JournalError, journal_path, load_journal
-from .finalruns import (final_runs, finished_runs, keep_final_results, measure_untrained,
-                        oneshot_runs, save_trained)
+from .finalruns import (adopt_reevaluated, final_runs, finished_runs, keep_final_results,
+                        measure_untrained, oneshot_runs, save_trained)
 from .reevaluate import stage_reevaluate
 from .needs import build_searcher, criterion_scores, criterion_selection, needs_trial, supernet_config
 from .preflight import Prepared, check_resources, prepare, run_criterion, say
@@ -274,6 +274,7 @@ def stage_final(p: Prepared, scores, baseline: dict, winner: dict, winner_state:
         return done
     state = {k: v.cpu() for k, v in p.model.state_dict().items()}
     setup = trial_setup(p, scores, baseline, twostage.fitness_after_search(p.cfg))
+    done.update(adopt_reevaluated(p, runs, winner, baseline))  # trained there already
     done.update(measure_untrained(p, runs, setup, state, winner_state))
     if not runs:
         return done

@@ -247,7 +247,8 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
     file = p.run_dir / "reevaluation.json"
     if file.is_file():
         saved = json.loads(file.read_text())
-        finetuned, epochs, searched = saved["finetuned"], saved["epochs"], saved["searched"]
+        finetuned, epochs, searched = (saved["finetuned"], saved.get("epochs", {}),
+                                       saved.get("searched", {}))
     else:
         known = known_finetuned(shortlist, protocol)
         todo = [r for r in shortlist if r["trial_id"] not in known]
@@ -270,14 +271,20 @@ def stage_finetune(p: Prepared, scores, baseline: dict, rows: list[dict], spare:
         results = train_candidates(p, scores, baseline, "reevaluation", configs,
                                    label="re-evaluation (fine-tune)",
                                    fitness=fitness_after_search(p.cfg)) if configs else []
-        finetuned, searched = dict(known), {}
+        from .tuning import checkpoint_uri
+        finetuned, searched, kept = dict(known), {}, {}
         for result in results:
             ok = result.error is None and (result.metrics or {}).get("status") == "ok"
             key = result.config["run"]["trial_id"]
             finetuned[key] = result.metrics["val_acc"] if ok else None  # None: it failed
             if ok and key.startswith("oneshot:"):  # its candidate training's own val acc
                 searched[key] = result.metrics.get("val_acc_before_finetune")
+            if ok and result.checkpoint is not None:  # the final stage adopts these runs
+                kept[key] = {"checkpoint": checkpoint_uri(result.checkpoint),
+                             "seconds": result.metrics.get("seconds")}
         report.write_json({"finetune": protocol, "finetuned": finetuned, "searched": searched,
-                           "epochs": epochs}, file)
+                           "epochs": epochs, "finetuned_runs": kept,
+                           "oneshot": {r["oneshot"]: r["trial_id"] for r in shortlist
+                                       if r.get("oneshot")}}, file)
     shortlist = [dict(r, val_acc=searched.get(r["trial_id"], r["val_acc"])) for r in shortlist]
     return choose_finetuned(shortlist, finetuned, epochs)

@@ -7,10 +7,13 @@ from minis import digits_run
 from structsearch import config as C
 
 
-def test_fine_tune_reevaluation_is_the_final_stages_run(tmp_path, ray_local):
-    """The top 2 and the pool's one-shot structures are fine-tuned; the winner is the best by
-    fine-tuned validation accuracy, and its final fine-tune is the same run (same number)."""
+def test_fine_tune_reevaluation_is_the_final_stages_run(tmp_path, ray_local, monkeypatch):
+    """The top 2 and the one-shot structures are fine-tuned; the winner is the best by
+    fine-tuned validation accuracy, and its final fine-tune is the same run (same number).
+    The final stage trains its runs here (it would adopt the re-evaluation's, see below)."""
+    from structsearch import pipeline
     from structsearch.pipeline import run_search
+    monkeypatch.setattr(pipeline, "adopt_reevaluated", lambda *args: {})
     from structsearch.report import read_candidates
     cfg = digits_run(baseline={"epochs": 1},
                      search={"searcher": "random+uniform", "candidates": 4, "reevaluate": 2,
@@ -135,3 +138,8 @@ def test_adaptive_bn_one_shot_baselines_match_their_reevaluation(tmp_path, ray_l
                                                                       abs=1e-9)
     assert summary["finetune"]["val_acc"] == pytest.approx(
         summary["reevaluation"][0]["val_acc_finetuned"], abs=1e-9)
+    # The final stage adopted both runs from the re-evaluation: no final trial ran.
+    assert not (run / "tune" / "final").exists()
+    assert (run / "winner" / "finetune" / "weights.pt").is_file()
+    assert (run / "oneshot" / "uniform" / "metrics.json").is_file()
+    assert 0.1 < summary["finetune"]["test_acc"] <= 1.0
