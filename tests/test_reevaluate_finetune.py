@@ -72,6 +72,13 @@ def test_warm_start_reuses_known_fine_tune_scores(tmp_path, ray_local):
                              "reevaluate_by": "finetune"},
                      final={"finetune_epochs": 1, "finetune_lr": 0.01, "baselines": ["uniform"]})
     a = run_search(C.from_dict(cfg), out=str(tmp_path / "a"))
+    # A's final stage adopted the winner's and the baseline's fine-tunes: no final trial ran.
+    summary_a = json.loads((a / "summary.json").read_text())
+    assert not (a / "tune" / "final").exists()
+    assert (a / "winner" / "finetune" / "weights.pt").is_file()
+    assert summary_a["finetune"]["val_acc"] == pytest.approx(
+        summary_a["reevaluation"][0]["val_acc_finetuned"], abs=1e-9)
+    assert 0.1 < summary_a["oneshot"]["uniform"]["test_acc"] <= 1.0
     c = run_search(C.from_dict(cfg), out=str(tmp_path / "c"), warm_from=[str(a)])
     saved = json.loads((a / "reevaluation.json").read_text())
     table = json.loads((c / "summary.json").read_text())["reevaluation"]
@@ -82,33 +89,6 @@ def test_warm_start_reuses_known_fine_tune_scores(tmp_path, ray_local):
     other = C.from_dict(digits_run(final={"finetune_epochs": 2, "finetune_lr": 0.01}))
     assert known_finetuned(rows, finetune_protocol(C.from_dict(cfg))) == saved["finetuned"]
     assert known_finetuned(rows, finetune_protocol(other)) == {}
-
-
-def test_a_one_shot_structure_the_search_did_not_train_can_win(tmp_path, ray_local, monkeypatch):
-    """When global:l1's structure (not a search candidate) wins the re-evaluation, it is trained
-    as a candidate for the final stage and its fine-tune is the one-shot baseline's run."""
-    from structsearch import reevaluate
-    from structsearch.pipeline import run_search
-    choose = reevaluate.choose_finetuned
-
-    def prefer_global(shortlist, finetuned, epochs):
-        finetuned = dict(finetuned, **{"oneshot:global:l1": 2.0})  # above any accuracy
-        return choose(shortlist, finetuned, epochs)
-
-    monkeypatch.setattr(reevaluate, "choose_finetuned", prefer_global)
-    cfg = digits_run(baseline={"epochs": 1},
-                     search={"searcher": "seeded", "seeds": ["uniform"], "candidates": 1,
-                             "reevaluate": 1, "reevaluate_by": "finetune"},
-                     final={"finetune_epochs": 1, "finetune_lr": 0.01,
-                            "baselines": ["uniform", "global"]})
-    run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
-    summary = json.loads((run / "summary.json").read_text())
-    shot = summary["oneshot"]["global:l1"]
-    assert summary["winner"]["origin"] == "oneshot:global:l1"
-    assert summary["winner"]["widths"] == shot["widths"]
-    assert 0.1 < summary["winner"]["val_acc"] <= 1.0  # its candidate training's, as a row's
-    assert summary["finetune"]["test_acc"] == shot["test_acc"]  # the same run: the same images
-    assert (run / "tune" / "winner_weights").is_dir()
 
 
 def test_a_failed_fine_tune_never_wins():
@@ -122,24 +102,40 @@ def test_a_failed_fine_tune_never_wins():
     assert winner["trial_id"] == "a"  # every fine-tune failed: the best search row
 
 
-def test_adaptive_bn_one_shot_baselines_match_their_reevaluation(tmp_path, ray_local):
-    """With the adaptive-BN fitness a candidate is its recalibrated cut; a one-shot baseline is
-    brought to the same point before its fine-tune, so its re-evaluation is its final run."""
+def test_adaptive_bn_and_a_one_shot_structure_the_search_did_not_train(tmp_path, ray_local,
+                                                                       monkeypatch):
+    """With the adaptive-BN fitness a candidate is its recalibrated cut, and a one-shot baseline
+    is brought to the same point before its fine-tune: its re-evaluation is its final run. When
+    global:l1's structure (no search candidate) wins, it is trained as a candidate for winner/
+    and its fine-tune is the one-shot baseline's run. The final stage trains its runs here."""
+    from structsearch import pipeline, reevaluate
     from structsearch.pipeline import run_search
+    choose = reevaluate.choose_finetuned
+
+    def prefer_global(shortlist, finetuned, epochs):
+        finetuned = dict(finetuned, **{"oneshot:global:l1": 2.0})  # above any accuracy
+        return choose(shortlist, finetuned, epochs)
+
+    monkeypatch.setattr(reevaluate, "choose_finetuned", prefer_global)
+    monkeypatch.setattr(pipeline, "adopt_reevaluated", lambda *args: {})
     cfg = digits_run(baseline={"epochs": 1},
-                     search={"searcher": "random", "candidates": 3, "fitness": "adaptive_bn",
-                             "reevaluate": 1, "reevaluate_by": "finetune"},
-                     final={"finetune_epochs": 1, "finetune_lr": 0.01, "baselines": ["uniform"]})
+                     search={"searcher": "seeded", "seeds": ["uniform"], "candidates": 1,
+                             "fitness": "adaptive_bn", "reevaluate": 1,
+                             "reevaluate_by": "finetune"},
+                     final={"finetune_epochs": 1, "finetune_lr": 0.01,
+                            "baselines": ["uniform", "global"]})
     run = run_search(C.from_dict(cfg), out=str(tmp_path / "run"))
     summary = json.loads((run / "summary.json").read_text())
-    entry = next(e for e in summary["reevaluation"] if e["oneshot"] == "uniform")
-    assert entry["epochs"] == 1  # adaptive BN trains nothing before the fine-tune
-    assert summary["oneshot"]["uniform"]["val_acc"] == pytest.approx(entry["val_acc_finetuned"],
-                                                                      abs=1e-9)
-    assert summary["finetune"]["val_acc"] == pytest.approx(
-        summary["reevaluation"][0]["val_acc_finetuned"], abs=1e-9)
-    # The final stage adopted both runs from the re-evaluation: no final trial ran.
-    assert not (run / "tune" / "final").exists()
-    assert (run / "winner" / "finetune" / "weights.pt").is_file()
-    assert (run / "oneshot" / "uniform" / "metrics.json").is_file()
-    assert 0.1 < summary["finetune"]["test_acc"] <= 1.0
+    table = {e["oneshot"]: e for e in summary["reevaluation"]}
+    assert table["uniform"]["epochs"] == 1  # adaptive BN trains nothing before the fine-tune
+    assert summary["oneshot"]["uniform"]["val_acc"] == pytest.approx(
+        table["uniform"]["val_acc_finetuned"], abs=1e-9)
+    shot = summary["oneshot"]["global:l1"]
+    assert table["global:l1"]["trial_id"] == "oneshot:global:l1"
+    measured = json.loads((run / "reevaluation.json").read_text())["finetuned"]  # not the 2.0
+    assert shot["val_acc"] == pytest.approx(measured["oneshot:global:l1"], abs=1e-9)
+    assert summary["winner"]["origin"] == "oneshot:global:l1"
+    assert summary["winner"]["widths"] == shot["widths"]
+    assert 0.05 < summary["winner"]["val_acc"] <= 1.0  # its candidate's (recalibrated) val acc
+    assert (run / "tune" / "winner_weights").is_dir()
+    assert summary["finetune"]["test_acc"] == shot["test_acc"]  # the same run: the same images
