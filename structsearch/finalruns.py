@@ -93,12 +93,17 @@ def measure_untrained(p: Prepared, runs: dict, setup, baseline_state: dict,
 def save_trained(p: Prepared, widths, checkpoint, out: Path, extra: dict | None = None) -> dict:
     """Save a trial's trained weights (its Tune checkpoint, or the checkpoint's path/URI) as
     ``out/arch.json`` + ``out/weights.pt``; returns the state_dict."""
-    from trainables.checkpoint import checkpoint_weights
-    state = checkpoint_weights(checkpoint)
-    model = prune(models.build(p.cfg.model.name, **p.model_kwargs), p.space, widths)
-    model.load_state_dict(state)
+    model = trained_model(p, widths, checkpoint)
     save_pruned(model, p.space, widths, out, extra=extra)
-    return state
+    return model.state_dict()
+
+
+def trained_model(p: Prepared, widths, checkpoint) -> torch.nn.Module:
+    """The pruned architecture of ``widths`` with a trial checkpoint's weights."""
+    from trainables.checkpoint import checkpoint_weights
+    model = prune(models.build(p.cfg.model.name, **p.model_kwargs), p.space, widths)
+    model.load_state_dict(checkpoint_weights(checkpoint))
+    return model
 
 
 def keep_final_results(p: Prepared, runs: dict, results, baseline: dict) -> dict:
@@ -138,7 +143,6 @@ def adopt_reevaluated(p: Prepared, runs: dict, winner: dict, baseline: dict) -> 
     :mod:`~structsearch.reevaluate`) under the same epochs and lr, measure each here from its
     checkpoint and save it as a finished run; returns their entries. A checkpoint that cannot
     be read leaves its run to train."""
-    from .surgery import load_pruned
     from .train import evaluate
     file = p.run_dir / "reevaluation.json"
     saved = json.loads(file.read_text()) if file.is_file() else {}
@@ -153,11 +157,11 @@ def adopt_reevaluated(p: Prepared, runs: dict, winner: dict, baseline: dict) -> 
             continue
         out = run_dir_of(p, run)
         try:
-            save_trained(p, run["widths"], kept[trial]["checkpoint"], out)
+            model = trained_model(p, run["widths"], kept[trial]["checkpoint"])
         except (OSError, RuntimeError, ValueError) as exc:
             say(f"final: {key} trains again (its re-evaluation checkpoint: {exc})")
             continue
-        model = load_pruned(out)
+        save_pruned(model, p.space, run["widths"], out)
         val, test = (evaluate(model, split, device=p.device) for split in (p.splits.val, p.splits.test))
         entry = {"val_acc": val["top1"], "test_acc": test["top1"], "test_loss": test["loss"],
                  "epochs": run["epochs"], "lr": run["lr"], "seconds": kept[trial]["seconds"]}

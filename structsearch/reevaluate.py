@@ -36,21 +36,28 @@ def top_candidates(rows: list[dict], limit: float, k: int) -> list[dict]:
     return sorted(ok, key=lambda r: (-r["val_acc"], r["macs"]))[:k]
 
 
+def source_reevaluations(rows: list[dict]) -> dict[str, dict]:
+    """Per source run of a warm start's known rows (``from_run``): its reevaluation.json, read
+    once ({} when missing or unreadable)."""
+    out = {}
+    for source in {r.get("from_run") for r in rows if r.get("from_run")}:
+        try:
+            data = json.loads((Path(source) / "reevaluation.json").read_text())
+        except (OSError, ValueError):
+            data = {}
+        out[source] = data if isinstance(data, dict) else {}
+    return out
+
+
 def known_repeats(rows: list[dict]) -> dict[str, list[float]]:
     """Per row (trial id): the repeats its source run's re-evaluation already trained, for a
     warm start's known candidates (repeat k of a candidate is the same training in any
-    compatible run); each source's reevaluation.json is read once."""
-    files: dict[str, dict] = {"": {}}  # "": not a known candidate
+    compatible run)."""
+    files = source_reevaluations(rows)
     out = {}
     for row in rows:
-        source = row.get("from_run") or ""
-        if source not in files:
-            try:
-                data = json.loads((Path(source) / "reevaluation.json").read_text())["repeats"]
-            except (OSError, ValueError, KeyError, TypeError):
-                data = {}
-            files[source] = data if isinstance(data, dict) else {}
-        values = files[source].get(row["trial_id"], [])
+        data = files.get(row.get("from_run") or "", {}).get("repeats")
+        values = data.get(row["trial_id"], []) if isinstance(data, dict) else []
         out[row["trial_id"]] = [float(v) for v in values if isinstance(v, (int, float))
                                 and math.isfinite(v)] if isinstance(values, list) else []
     return out
@@ -179,31 +186,28 @@ def finetune_shortlist(rows: list[dict], limit: float, k: int,
 
 
 def oneshot_row(p: Prepared, baseline: dict, name: str, widths: list[int]) -> dict:
-    """A shortlist row for one-shot baseline ``name`` the search never trained (no search
-    checkpoint: :func:`~structsearch.warmstart.retrain_winner` trains it should it win)."""
+    """A shortlist row (as :func:`~structsearch.candidate.result_row` builds one) for one-shot
+    baseline ``name`` the search never trained (no search checkpoint:
+    :func:`~structsearch.warmstart.retrain_winner` trains it should it win)."""
+    from .candidate import result_row
     w = [int(v) for v in widths]
-    return {"trial_id": f"oneshot:{name}", "token": -1, "searcher": "oneshot",
-            "origin": f"oneshot:{name}", "widths": w, "macs": int(p.space.macs(w)),
-            "params": int(p.space.params(w)), "macs_ratio": p.space.macs(w) / baseline["macs"],
-            "cost": float(p.view.cost(w)), "val_acc": None, "epochs": p.cfg.search.epochs,
-            "status": "ok", "checkpoint": None, "oneshot": name}
+    row = result_row(Candidate(-1, w, f"oneshot:{name}", "oneshot"), trial_id=f"oneshot:{name}",
+                     metrics={"epoch": p.cfg.search.epochs}, error=None, macs=p.space.macs(w),
+                     params=p.space.params(w), cost=float(p.view.cost(w)),
+                     baseline_macs=baseline["macs"], full_epochs=None)
+    return dict(row, checkpoint=None, oneshot=name)
 
 
 def known_finetuned(rows: list[dict], protocol: dict) -> dict[str, float]:
     """Per row (trial id) of a warm start's known candidates: the fine-tuned validation accuracy
     its source run's re-evaluation measured under the same ``protocol``."""
-    out: dict[str, float] = {}
-    for source in {r.get("from_run") for r in rows if r.get("from_run")}:
-        try:
-            data = json.loads((Path(source) / "reevaluation.json").read_text())
-            scores = data["finetuned"] if data.get("finetune") == protocol else {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            scores = {}
-        for row in rows:
-            value = scores.get(row["trial_id"]) if isinstance(scores, dict) else None
-            if row.get("from_run") == source and isinstance(value, (int, float)) \
-                    and math.isfinite(value):
-                out[row["trial_id"]] = float(value)
+    files, out = source_reevaluations(rows), {}
+    for row in rows:
+        data = files.get(row.get("from_run") or "", {})
+        scores = data.get("finetuned") if data.get("finetune") == protocol else None
+        value = scores.get(row["trial_id"]) if isinstance(scores, dict) else None
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[row["trial_id"]] = float(value)
     return out
 
 

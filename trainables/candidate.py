@@ -13,7 +13,6 @@ checkpoint, it is not trained again but fine-tuned from there, as the final stag
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -28,7 +27,7 @@ from .common import (TrialSetup, build_pruned_model, cpu_threads, device_for_tri
                      injected_fault, kept_channel_scores, load_splits, needs_batches,
                      reconstruction_batches,
                      widths_seed)
-from .final import winner_model
+from .final import final_training, winner_model
 
 
 def candidate_trainable(config: dict, *, setup: TrialSetup, baseline_state: dict) -> None:
@@ -116,27 +115,25 @@ def _finetune(model, setup: TrialSetup, splits, device: str, finetune: dict, sea
     """The fine-tune the final stage would give this candidate as the winner (the seeds and
     constant lr of :func:`trainables.final.final_run`): the same run, so a re-evaluated winner's
     fine-tuned validation accuracy is the final stage's. Reports each epoch but the last."""
-    spec = dataclasses.replace(setup.train, epochs=int(finetune["epochs"]), lr=float(finetune["lr"]),
-                               schedule="constant")
+    epochs = int(finetune["epochs"])
     before = setup.train.epochs if setup.fitness == "train" else 0
 
     def on_epoch(epoch: int, metrics: dict):
-        if epoch < spec.epochs:
+        if epoch < epochs:
             tune.report(dict(epoch=before + epoch, val_acc=metrics["val_acc"], status="ok",
                              val_loss=metrics["val_loss"], train_loss=metrics["train_loss"],
                              seconds=time.perf_counter() - start))
 
-    torch.manual_seed(setup.seed + 11)
     try:
-        result = train(model, splits.train, spec, val_split=splits.val, device=device,
-                       seed=setup.seed + 1, on_epoch=on_epoch)
+        _, result = final_training(model, setup, splits, device, epochs, float(finetune["lr"]),
+                                   "constant", on_epoch)
     except FloatingPointError as exc:
         return dict(searched, epoch=before, val_acc=0.0, status="error", error=f"fine-tune: {exc}")
     val = evaluate(model, splits.val, device=device)
     if not math.isfinite(val["loss"]):
         return dict(searched, epoch=before, val_acc=0.0, status="error",
                     error="fine-tune: non-finite validation loss")
-    return dict(epoch=before + spec.epochs, val_acc=val["top1"], val_loss=val["loss"],
+    return dict(epoch=before + epochs, val_acc=val["top1"], val_loss=val["loss"],
                 train_loss=result.get("train_loss"), status="ok",
                 val_acc_before_finetune=searched["val_acc"])
 

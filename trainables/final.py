@@ -50,17 +50,14 @@ def final_run(run: dict, setup: TrialSetup, baseline_state: dict, winner_state: 
         # (and unlike a run that only measures).
         model = model.to(device)
         model.forward = torch.compile(model.forward)
-    spec: TrainSpec = dataclasses.replace(setup.train, epochs=int(run["epochs"]), lr=float(run["lr"]),
-                                          schedule=run["schedule"])
+    epochs = int(run["epochs"])
 
     def on_epoch(epoch: int, metrics: dict):
-        if epoch < spec.epochs and report is not None:
+        if epoch < epochs and report is not None:
             report({"protocol": key, "epoch": epoch, "val_acc": metrics["val_acc"]})
 
-    result = {}
-    if spec.epochs > 0:
-        result = train(model, splits.train, spec, val_split=splits.val, device=device,
-                       seed=setup.seed + 1, on_epoch=on_epoch)
+    spec, result = final_training(model, setup, splits, device, epochs, float(run["lr"]),
+                                  run["schedule"], on_epoch)
     test = evaluate(model, splits.test, device=device)
     val = evaluate(model, splits.val, device=device)
     final = {"protocol": key, "epoch": spec.epochs, "val_acc": val["top1"],
@@ -68,6 +65,17 @@ def final_run(run: dict, setup: TrialSetup, baseline_state: dict, winner_state: 
              "lr": spec.lr, "seconds": time.perf_counter() - start,
              "train_loss": result.get("train_loss")}
     return final, model
+
+
+def final_training(model, setup: TrialSetup, splits, device: str, epochs: int, lr: float,
+                   schedule: str, on_epoch) -> tuple[TrainSpec, dict]:
+    """A final-stage run's training (``epochs`` at ``lr``, seeded by the run's seed; nothing
+    for 0 epochs): ``(its spec, train's result)``. A fine-tune re-evaluation trains the same."""
+    spec: TrainSpec = dataclasses.replace(setup.train, epochs=epochs, lr=lr, schedule=schedule)
+    if spec.epochs <= 0:
+        return spec, {}
+    return spec, train(model, splits.train, spec, val_split=splits.val, device=device,
+                       seed=setup.seed + 1, on_epoch=on_epoch)
 
 
 def winner_model(setup: TrialSetup, baseline_state: dict, winner_state: dict | None, widths,
